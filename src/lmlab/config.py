@@ -1,0 +1,282 @@
+"""The config schema (every field, its default and a one-line meaning) and its validation.
+
+Experiment files start from `default_config()` and change values; `validate()` runs before any compute
+and turns typos, wrong types and impossible combinations into one clear `ConfigError` naming the key.
+"""
+
+import difflib
+
+import ml_collections
+
+ConfigDict = ml_collections.ConfigDict
+
+# Allowed values of the string-valued choices.
+CHOICES = {
+    "data.source": ("tfds", "text_files"),
+    "data.text_unit": ("file", "paragraph", "line"),
+    "tokenizer.model_type": ("unigram", "bpe", "char"),
+    "model.positions": ("learned", "sinusoidal", "rotary"),
+    "model.norm": ("layernorm", "rmsnorm"),
+    "model.mlp_activation": ("gelu", "swiglu"),
+    "model.dtype": ("float32", "bfloat16"),
+    "model.remat": ("none", "full", "dots"),
+}
+
+
+class ConfigError(ValueError):
+  """A config that cannot run; the message names the key and the fix."""
+
+
+def default_config() -> ConfigDict:
+  """Every field lmlab knows, with its default. Experiment files override these."""
+  c = ConfigDict()
+  # Random seed for parameters, dropout and data order.
+  c.seed = 0
+  # Work directory (checkpoints, tokenizer, logs, metrics); None: runs/<experiment>-<timestamp>.
+  c.workdir = None
+  # Experiment name used in the default work directory.
+  c.name = "gpt"
+
+  c.data = d = ConfigDict()
+  # Where documents come from: "tfds" (any TFDS dataset, default the bundled bbc_news) or "text_files".
+  d.source = "tfds"
+  # TFDS dataset name (with optional config/version), e.g. "bbc_news" or "lm1b".
+  d.tfds_name = "bbc_news"
+  # TFDS data directory; None: TFDS's default (~/tensorflow_datasets or $TFDS_DATA_DIR).
+  d.tfds_data_dir = None
+  # Feature holding the document text in the TFDS dataset.
+  d.text_key = "text"
+  # Allow TFDS to download a catalog dataset that is not prepared yet (needs internet).
+  d.tfds_download = False
+  # TFDS manual_dir holding source files downloaded by hand, for datasets that cannot be fetched here.
+  d.tfds_manual_dir = None
+  # Split names used for training and validation.
+  d.train_split = "train"
+  d.eval_split = "validation"
+  # Glob of the user's own UTF-8 text files (source="text_files").
+  d.text_glob = ""
+  # What one document is in those files: a whole file, a blank-line separated paragraph, or a line.
+  d.text_unit = "file"
+  # Percentage of text_files documents held out for validation (chosen by hashing their name).
+  d.text_eval_percent = 10
+  # Tokens per packed row (model context length).
+  d.seq_len = 128
+  # Global batch size in rows (across all processes and devices).
+  d.batch_size = 32
+  # Batches that tf.data prepares ahead of the train step.
+  d.prefetch = 2
+
+  c.tokenizer = t = ConfigDict()
+  # Sentencepiece vocabulary size (ids 0-3 are pad, unk, bos, eos).
+  t.vocab_size = 4096
+  # Sentencepiece algorithm: unigram, bpe or char.
+  t.model_type = "unigram"
+  # Fraction of characters the vocabulary must cover (rarer ones map to unk).
+  t.character_coverage = 0.9995
+  # Maximum number of training paragraphs fed to sentencepiece (0: all).
+  t.max_sentences = 0
+
+  c.model = m = ConfigDict()
+  # Number of Transformer blocks.
+  m.num_layers = 4
+  # Width of the residual stream.
+  m.d_model = 256
+  # Attention heads (d_model must divide by it).
+  m.num_heads = 4
+  # Hidden width of the MLP.
+  m.mlp_dim = 1024
+  # Position encoding: learned, sinusoidal or rotary.
+  m.positions = "learned"
+  # Base of the rotary frequencies.
+  m.rope_base = 10000.0
+  # Normalization: layernorm or rmsnorm (pre-norm blocks).
+  m.norm = "layernorm"
+  # MLP: gelu or swiglu.
+  m.mlp_activation = "gelu"
+  # Biases in dense layers and norms.
+  m.use_bias = True
+  # Share the input embedding with the output projection.
+  m.tie_embeddings = True
+  # Dropout rate on embeddings, attention output and MLP output (0 disables it entirely).
+  m.dropout_rate = 0.0
+  # Compute dtype (parameters stay float32): float32 on CPU, bfloat16 on accelerators.
+  m.dtype = "float32"
+  # Scan over layers with nn.scan (faster compiles for deep models).
+  m.scan_layers = False
+  # Rematerialization of each block in the backward pass: none, full or dots (save matmul outputs).
+  m.remat = "none"
+
+  c.optim = o = ConfigDict()
+  # Peak learning rate.
+  o.lr = 3e-3
+  # Linear warmup steps from 0 to lr.
+  o.warmup_steps = 50
+  # Learning rate at the end of the cosine decay, as a fraction of lr.
+  o.final_lr_fraction = 0.1
+  # AdamW betas and epsilon.
+  o.b1 = 0.9
+  o.b2 = 0.95
+  o.eps = 1e-8
+  # Decoupled weight decay (not applied to norms, biases and embeddings).
+  o.weight_decay = 0.1
+  # Clip the global gradient norm to this value (0: no clipping).
+  o.grad_clip = 1.0
+  # Micro-batches accumulated per update (batch_size must divide by it).
+  o.grad_accum_steps = 1
+
+  c.train = tr = ConfigDict()
+  # Optimizer updates to run.
+  tr.num_steps = 300
+  # Print/log metrics every this many steps.
+  tr.log_every = 10
+  # Evaluate on the validation split every this many steps (0: only at the end).
+  tr.eval_every = 100
+  # Validation batches per evaluation (0: the whole validation split).
+  tr.eval_batches = 0
+  # Save a checkpoint every this many steps (and always at the end).
+  tr.checkpoint_every = 100
+  # Checkpoints to keep.
+  tr.keep_checkpoints = 2
+
+  c.mesh = ms = ConfigDict()
+  # Mesh axis sizes; -1 on one axis takes all remaining devices. data x fsdp x tensor = device count.
+  ms.data = -1
+  ms.fsdp = 1
+  ms.tensor = 1
+
+  c.sample = s = ConfigDict()
+  # Prompts sampled at the end of training.
+  s.prompts = ("The government said", "Shares in the company")
+  # New tokens per sample.
+  s.max_new_tokens = 40
+  # Softmax temperature (0: greedy).
+  s.temperature = 0.8
+  # Keep only the k most likely tokens (0: off).
+  s.top_k = 40
+  # Keep the smallest set of tokens with this total probability (1.0: off).
+  s.top_p = 0.95
+  return c
+
+
+def _flatten(cfg, prefix=""):
+  out = {}
+  for key, value in cfg.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, ConfigDict):
+      out.update(_flatten(value, name + "."))
+    else:
+      out[name] = value
+  return out
+
+
+def _check_type(name, value, default):
+  if default is None or value is None:
+    return
+  if isinstance(default, bool):
+    ok = isinstance(value, bool)
+  elif isinstance(default, int):
+    ok = isinstance(value, int) and not isinstance(value, bool)
+  elif isinstance(default, float):
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+  elif isinstance(default, (tuple, list)):
+    ok = isinstance(value, (tuple, list))
+  else:
+    ok = isinstance(value, type(default))
+  if not ok:
+    raise ConfigError(
+        f"config.{name} = {value!r} is a {type(value).__name__}, expected {type(default).__name__} "
+        f"(default {default!r}).")
+
+
+def validate(cfg: ConfigDict, num_devices: int | None = None, process_count: int = 1) -> None:
+  """Raises ConfigError for the first problem found; checks everything that can fail before compute."""
+  schema = _flatten(default_config())
+  given = _flatten(cfg)
+  for name in given:
+    if name not in schema:
+      close = difflib.get_close_matches(name, list(schema), n=1)
+      hint = f" Did you mean config.{close[0]}?" if close else ""
+      raise ConfigError(f"Unknown config key config.{name}.{hint}")
+  for name, default in schema.items():
+    if name not in given:
+      raise ConfigError(f"config.{name} is missing; start experiment files from lmlab.config.default_config().")
+    _check_type(name, given[name], default)
+  for name, options in CHOICES.items():
+    if given[name] not in options:
+      raise ConfigError(f"config.{name} = {given[name]!r} is not one of {', '.join(options)}.")
+
+  def positive(*names, allow_zero=False):
+    for name in names:
+      if given[name] < 0 or (given[name] == 0 and not allow_zero):
+        raise ConfigError(f"config.{name} = {given[name]!r} must be {'>= 0' if allow_zero else '> 0'}.")
+
+  positive("data.seq_len", "data.batch_size", "tokenizer.vocab_size", "model.num_layers", "model.d_model",
+           "model.num_heads", "model.mlp_dim", "optim.lr", "optim.grad_accum_steps", "train.num_steps",
+           "train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "sample.max_new_tokens")
+  positive("optim.warmup_steps", "optim.weight_decay", "optim.grad_clip", "train.eval_every",
+           "train.eval_batches", "sample.temperature", "sample.top_k", "data.prefetch", allow_zero=True)
+  m, d, o = cfg.model, cfg.data, cfg.optim
+  if m.d_model % m.num_heads:
+    raise ConfigError(f"config.model.d_model = {m.d_model} is not divisible by config.model.num_heads = "
+                      f"{m.num_heads}; pick a head count that divides it.")
+  if m.positions == "rotary" and (m.d_model // m.num_heads) % 2:
+    raise ConfigError(f"config.model.positions = 'rotary' needs an even head dim, got d_model/num_heads = "
+                      f"{m.d_model // m.num_heads}.")
+  if not 0.0 <= m.dropout_rate < 1.0:
+    raise ConfigError(f"config.model.dropout_rate = {m.dropout_rate} must be in [0, 1).")
+  if not 0.0 < cfg.sample.top_p <= 1.0:
+    raise ConfigError(f"config.sample.top_p = {cfg.sample.top_p} must be in (0, 1].")
+  if not 0.0 <= o.final_lr_fraction <= 1.0:
+    raise ConfigError(f"config.optim.final_lr_fraction = {o.final_lr_fraction} must be in [0, 1].")
+  if not (0.0 <= o.b1 < 1.0 and 0.0 <= o.b2 < 1.0):
+    raise ConfigError("config.optim.b1 and config.optim.b2 must be in [0, 1).")
+  if cfg.tokenizer.vocab_size < 8:
+    raise ConfigError(f"config.tokenizer.vocab_size = {cfg.tokenizer.vocab_size} is too small (ids 0-3 are "
+                      "reserved); use at least 8.")
+  if d.source == "text_files" and not d.text_glob:
+    raise ConfigError("config.data.source = 'text_files' needs config.data.text_glob, e.g. 'corpus/*.txt'.")
+  if not 0 < d.text_eval_percent < 100:
+    raise ConfigError(f"config.data.text_eval_percent = {d.text_eval_percent} must be in (0, 100).")
+  if d.batch_size % o.grad_accum_steps:
+    raise ConfigError(f"config.data.batch_size = {d.batch_size} is not divisible by "
+                      f"config.optim.grad_accum_steps = {o.grad_accum_steps}.")
+  if o.warmup_steps > cfg.train.num_steps:
+    raise ConfigError(f"config.optim.warmup_steps = {o.warmup_steps} exceeds config.train.num_steps = "
+                      f"{cfg.train.num_steps}.")
+  if num_devices is not None:
+    dp = mesh_shape(cfg, num_devices)
+    data_parallel = dp[0] * dp[1]
+    micro = d.batch_size // o.grad_accum_steps
+    if micro % data_parallel:
+      raise ConfigError(
+          f"config.data.batch_size / config.optim.grad_accum_steps = {micro} rows per micro-batch is not "
+          f"divisible by the data-parallel size mesh.data x mesh.fsdp = {data_parallel}.")
+    if d.batch_size % process_count:
+      raise ConfigError(f"config.data.batch_size = {d.batch_size} is not divisible by the {process_count} "
+                        "processes.")
+    if dp[2] > 1 and (m.num_heads % dp[2] or m.mlp_dim % dp[2]):
+      raise ConfigError(f"config.mesh.tensor = {dp[2]} must divide config.model.num_heads = {m.num_heads} "
+                        f"and config.model.mlp_dim = {m.mlp_dim}.")
+
+
+def mesh_shape(cfg: ConfigDict, num_devices: int) -> tuple[int, int, int]:
+  """(data, fsdp, tensor) sizes resolved against the device count; raises ConfigError if they don't fit."""
+  sizes = [cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor]
+  names = ["mesh.data", "mesh.fsdp", "mesh.tensor"]
+  if sizes.count(-1) > 1:
+    raise ConfigError("Only one of config.mesh.data/fsdp/tensor may be -1.")
+  for name, size in zip(names, sizes):
+    if size == 0 or size < -1:
+      raise ConfigError(f"config.{name} = {size} must be a positive size or -1.")
+  known = 1
+  for size in sizes:
+    known *= size if size != -1 else 1
+  if -1 in sizes:
+    if num_devices % known:
+      raise ConfigError(f"The mesh {dict(zip(names, sizes))} does not fit {num_devices} devices: the fixed "
+                        f"axes ({known}) must divide the device count.")
+    sizes[sizes.index(-1)] = num_devices // known
+  elif known != num_devices:
+    raise ConfigError(f"The mesh data x fsdp x tensor = {sizes[0]}x{sizes[1]}x{sizes[2]} = {known} does not "
+                      f"match the {num_devices} devices; set one axis to -1 to take the rest.")
+  return tuple(sizes)

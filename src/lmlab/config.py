@@ -280,3 +280,38 @@ def mesh_shape(cfg: ConfigDict, num_devices: int) -> tuple[int, int, int]:
     raise ConfigError(f"The mesh data x fsdp x tensor = {sizes[0]}x{sizes[1]}x{sizes[2]} = {known} does not "
                       f"match the {num_devices} devices; set one axis to -1 to take the rest.")
   return tuple(sizes)
+
+
+def parse_arg(arg: str | None, **defaults) -> ConfigDict:
+  """Parses an experiment variant string "size=small,positions=rotary" against typed defaults.
+
+  Keys must be among `defaults`; values are converted to the default's type (bools from true/false).
+  """
+  options = ConfigDict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    key, sep, value = item.partition("=")
+    if not sep or key not in defaults:
+      raise ConfigError(f"Unknown experiment option {item!r}; options are "
+                        f"{', '.join(f'{k}=<{type(v).__name__}>' for k, v in defaults.items())}.")
+    kind = type(defaults[key])
+    if kind is bool:
+      if value.lower() not in ("true", "false", "1", "0"):
+        raise ConfigError(f"Experiment option {key} takes true or false, got {value!r}.")
+      options[key] = value.lower() in ("true", "1")
+    else:
+      try:
+        options[key] = kind(value)
+      except ValueError:
+        raise ConfigError(f"Experiment option {key} takes a {kind.__name__}, got {value!r}.") from None
+  return options
+
+
+def set_by_path(cfg: ConfigDict, dotted: str, value) -> None:
+  """cfg["a.b.c"] = value for a dotted key that must already exist."""
+  *parents, leaf = dotted.split(".")
+  node = cfg
+  for key in parents:
+    node = node[key]
+  if leaf not in node:
+    raise ConfigError(f"Unknown config key config.{dotted}.")
+  node[leaf] = value

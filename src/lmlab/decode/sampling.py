@@ -1,0 +1,103 @@
+"""Batched sampling with the KV cache: one jitted lax.while_loop over positions (lm1b style).
+
+Prompts are right-padded into one [B, T] buffer, T = longest prompt + max_new_tokens. Step t feeds
+the token at position t of every row and writes position t+1: copied from the prompt while t+1 is
+still inside that row's prompt, sampled otherwise. Rows thus share one cache index.
+"""
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lmlab.models.transformer import Transformer
+
+
+def filter_logits(logits_BV, top_k: int = 0, top_p: float = 1.0):
+  """Sets to -inf every logit outside the top_k (0: off) and outside the nucleus top_p (1.0: off).
+
+  The nucleus is the smallest set of most likely tokens whose probability reaches top_p; the most
+  likely token is always kept. Ties at the threshold are all kept.
+  """
+  if top_k > 0 and top_k < logits_BV.shape[-1]:
+    kth_B1 = jax.lax.top_k(logits_BV, top_k)[0][..., -1:]
+    logits_BV = jnp.where(logits_BV < kth_B1, -jnp.inf, logits_BV)
+  if top_p < 1.0:
+    sorted_BV = jnp.sort(logits_BV, axis=-1)[..., ::-1]
+    probs_BV = jax.nn.softmax(sorted_BV.astype(jnp.float32), axis=-1)
+    # Keep a token if the mass strictly before it is below top_p.
+    keep_BV = jnp.cumsum(probs_BV, axis=-1) - probs_BV < top_p
+    threshold_B1 = jnp.min(jnp.where(keep_BV, sorted_BV, jnp.inf), axis=-1, keepdims=True)
+    logits_BV = jnp.where(logits_BV < threshold_B1, -jnp.inf, logits_BV)
+  return logits_BV
+
+
+def _next_token(logits_BV, rng, temperature, top_k, top_p):
+  if temperature == 0.0:
+    return jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
+  logits_BV = filter_logits(logits_BV / temperature, top_k, top_p)
+  return jax.random.categorical(rng, logits_BV, axis=-1).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "temperature", "top_k", "top_p", "eos_id"))
+def _generate(model, params, buf_BT, lengths_B, rng, *, temperature, top_k, top_p, eos_id):
+  B, T = buf_BT.shape
+  # Zero cache (index 0) with the buffer's length, without running or initializing the model.
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), buf_BT, decode=True)["cache"])
+  cache = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+  def cond(state):
+    t, _, _, done_B = state
+    return (t < T - 1) & ~jnp.all(done_B)
+
+  def body(state):
+    t, buf_BT, cache, done_B = state
+    token_B1 = jax.lax.dynamic_slice_in_dim(buf_BT, t, 1, axis=1)
+    logits_B1V, mutated = model.apply({"params": params, "cache": cache}, token_B1, decode=True,
+                                      mutable=["cache"])
+    sampled_B = _next_token(logits_B1V[:, 0], jax.random.fold_in(rng, t), temperature, top_k, top_p)
+    in_prompt_B = t + 1 < lengths_B
+    prompt_B = jax.lax.dynamic_index_in_dim(buf_BT, t + 1, axis=1, keepdims=False)
+    next_B = jnp.where(in_prompt_B, prompt_B, sampled_B)
+    if eos_id is not None:
+      done_B = done_B | (~in_prompt_B & (next_B == eos_id))
+    buf_BT = jax.lax.dynamic_update_slice_in_dim(buf_BT, next_B[:, None], t + 1, axis=1)
+    return t + 1, buf_BT, mutated["cache"], done_B
+
+  state = (jnp.int32(0), buf_BT, cache, jnp.zeros((B,), bool))
+  return jax.lax.while_loop(cond, body, state)[1]
+
+
+def sample(model: Transformer, params, prompts: list[list[int]], *, max_new_tokens: int, rng,
+           temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, eos_id: int | None = None,
+           pad_id: int = 0) -> list[list[int]]:
+  """Continues each prompt with up to max_new_tokens tokens; temperature 0 is greedy.
+
+  Returns only the generated tokens of each prompt, ending with eos_id if it was sampled. The same
+  rng gives the same samples. `params` may be boxed (nn.Partitioned) or plain.
+  """
+  if not prompts or any(len(p) == 0 for p in prompts):
+    raise ValueError("sample() needs at least one prompt and every prompt needs >= 1 token (e.g. BOS).")
+  if max_new_tokens < 1:
+    raise ValueError(f"max_new_tokens = {max_new_tokens} must be >= 1.")
+  lengths = [len(p) for p in prompts]
+  total = max(lengths) + max_new_tokens
+  if total > model.config.max_len:
+    raise ValueError(f"Longest prompt ({max(lengths)} tokens) + max_new_tokens ({max_new_tokens}) = {total} "
+                     f"exceeds the model's max_len = {model.config.max_len}; shorten the prompt or "
+                     "generate fewer tokens.")
+  buf = np.full((len(prompts), total), pad_id, np.int32)
+  for row, prompt in zip(buf, prompts):
+    row[:len(prompt)] = prompt
+  out = _generate(model, nn.meta.unbox(params), jnp.asarray(buf), jnp.asarray(lengths, jnp.int32), rng,
+                  temperature=float(temperature), top_k=int(top_k), top_p=float(top_p), eos_id=eos_id)
+  out = np.asarray(out)
+  results = []
+  for row, n in zip(out, lengths):
+    generated = row[n:n + max_new_tokens].tolist()
+    if eos_id is not None and eos_id in generated:
+      generated = generated[:generated.index(eos_id) + 1]
+    results.append(generated)
+  return results

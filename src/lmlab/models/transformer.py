@@ -1,0 +1,266 @@
+"""Decoder-only pre-norm Transformer (Flax Linen) with packed-segment masking and a KV cache.
+
+Shape suffixes: B batch, L query length, S key length (L, or the cache length when decoding),
+D d_model, H heads, K head dim, F mlp_dim, V vocab.
+"""
+
+import dataclasses
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+_STD = 0.02
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+  """Hyperparameters; frozen so the module stays hashable (jit static args)."""
+  vocab_size: int
+  num_layers: int = 4
+  d_model: int = 256
+  num_heads: int = 4
+  mlp_dim: int = 1024
+  max_len: int = 128
+  positions: str = "learned"  # learned | sinusoidal | rotary
+  rope_base: float = 10000.0
+  norm: str = "layernorm"  # layernorm | rmsnorm
+  mlp_activation: str = "gelu"  # gelu | swiglu
+  use_bias: bool = True
+  tie_embeddings: bool = True
+  dropout_rate: float = 0.0
+  dtype: jnp.dtype = jnp.float32  # compute dtype; params are always float32
+  scan_layers: bool = False
+  remat: str = "none"  # none | full | dots
+
+  @property
+  def head_dim(self) -> int:
+    return self.d_model // self.num_heads
+
+  @classmethod
+  def from_config(cls, model_cfg, vocab_size: int, max_len: int) -> "TransformerConfig":
+    """Builds from the ml_collections `cfg.model` (see lmlab.config)."""
+    fields = {f.name for f in dataclasses.fields(cls)} - {"vocab_size", "max_len", "dtype"}
+    kwargs = {name: model_cfg[name] for name in fields}
+    return cls(vocab_size=vocab_size, max_len=max_len, dtype=jnp.dtype(model_cfg.dtype), **kwargs)
+
+
+def _init(names, std=_STD):
+  return nn.with_logical_partitioning(nn.initializers.normal(std), names)
+
+
+def _zeros(names):
+  return nn.with_logical_partitioning(nn.initializers.zeros_init(), names)
+
+
+def _norm(cfg: TransformerConfig, name: str) -> nn.Module:
+  scale_init = nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",))
+  if cfg.norm == "rmsnorm":
+    return nn.RMSNorm(epsilon=1e-6, dtype=cfg.dtype, scale_init=scale_init, name=name)
+  return nn.LayerNorm(epsilon=1e-6, dtype=cfg.dtype, use_bias=cfg.use_bias, scale_init=scale_init,
+                      bias_init=_zeros(("embed",)), name=name)
+
+
+def sinusoidal(positions_BL, d_model: int):
+  """Fixed sin/cos position encodings [B, L, D] (Vaswani et al.), float32."""
+  inv_freq = np.exp(-math.log(10000.0) * np.arange(0, d_model, 2) / d_model)
+  angle_BLd = positions_BL[..., None].astype(jnp.float32) * inv_freq
+  return jnp.concatenate([jnp.sin(angle_BLd), jnp.cos(angle_BLd)], axis=-1)[..., :d_model]
+
+
+def rope_tables(positions_BL, head_dim: int, base: float):
+  """(sin, cos) [B, L, 1, K/2] for rotary embeddings, computed once and shared by all layers."""
+  inv_freq = 1.0 / base ** (np.arange(0, head_dim, 2) / head_dim)
+  angle_BLk = positions_BL[..., None].astype(jnp.float32) * inv_freq
+  return jnp.sin(angle_BLk)[:, :, None, :], jnp.cos(angle_BLk)[:, :, None, :]
+
+
+def apply_rope(x_BLHK, sin, cos):
+  """Rotates the two halves of each head (GPT-NeoX layout); math in float32."""
+  x1, x2 = jnp.split(x_BLHK.astype(jnp.float32), 2, axis=-1)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x_BLHK.dtype)
+
+
+def segment_positions(segment_ids_BL):
+  """Positions that restart at 0 at the start of every segment of a packed row."""
+  idx_L = jnp.arange(segment_ids_BL.shape[1])
+  prev_BL = jnp.pad(segment_ids_BL[:, :-1], ((0, 0), (1, 0)), constant_values=-1)
+  start_BL = jnp.where(segment_ids_BL != prev_BL, idx_L, 0)
+  return idx_L - jax.lax.cummax(start_BL, axis=1)
+
+
+class Attention(nn.Module):
+  """Causal multi-head self-attention with a fused QKV projection and an optional KV cache."""
+  cfg: TransformerConfig
+  decode: bool = False
+
+  @nn.compact
+  def __call__(self, x_BLD, mask_B1LS, rope, cache_index):
+    cfg = self.cfg
+    qkv_BL3HK = nn.DenseGeneral(
+        (3, cfg.num_heads, cfg.head_dim), use_bias=cfg.use_bias, dtype=cfg.dtype,
+        kernel_init=_init(("embed", None, "heads", "head_dim")),
+        bias_init=_zeros((None, "heads", "head_dim")), name="qkv")(x_BLD)
+    q_BLHK, k_BLHK, v_BLHK = (qkv_BL3HK[:, :, i] for i in range(3))
+    if rope is not None:
+      q_BLHK, k_BLHK = apply_rope(q_BLHK, *rope), apply_rope(k_BLHK, *rope)
+
+    if self.decode:
+      # The cache takes its shape from the init input; cache_index is None during that init.
+      cached_k = self.variable("cache", "cached_key", jnp.zeros, k_BLHK.shape, k_BLHK.dtype)
+      cached_v = self.variable("cache", "cached_value", jnp.zeros, v_BLHK.shape, v_BLHK.dtype)
+      if cache_index is not None:
+        start = (0, cache_index, 0, 0)
+        cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k_BLHK, start)
+        cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v_BLHK, start)
+        k_BLHK, v_BLHK = cached_k.value, cached_v.value  # now k_BSHK, v_BSHK
+
+    # Scores and softmax in float32: bf16 logits lose too much precision for long contexts.
+    logits_BHLS = jnp.einsum("blhk,bshk->bhls", q_BLHK, k_BLHK, preferred_element_type=jnp.float32)
+    logits_BHLS = logits_BHLS / np.sqrt(cfg.head_dim)
+    logits_BHLS = jnp.where(mask_B1LS, logits_BHLS, jnp.finfo(jnp.float32).min)
+    probs_BHLS = jax.nn.softmax(logits_BHLS, axis=-1).astype(cfg.dtype)
+    out_BLHK = jnp.einsum("bhls,bshk->blhk", probs_BHLS, v_BLHK)
+    # Output projections get the GPT-2 scaled init so the residual stream variance stays O(1) with depth.
+    return nn.DenseGeneral(
+        cfg.d_model, axis=(-2, -1), use_bias=cfg.use_bias, dtype=cfg.dtype,
+        kernel_init=_init(("heads", "head_dim", "embed"), _STD / math.sqrt(2 * cfg.num_layers)),
+        bias_init=_zeros(("embed",)), name="out")(out_BLHK)
+
+
+class Mlp(nn.Module):
+  """GELU MLP or SwiGLU (Shazeer 2020)."""
+  cfg: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x_BLD):
+    cfg = self.cfg
+    dense = lambda features, names, name, std=_STD: nn.Dense(
+        features, use_bias=cfg.use_bias, dtype=cfg.dtype, kernel_init=_init(names, std),
+        bias_init=_zeros(names[-1:]), name=name)
+    if cfg.mlp_activation == "swiglu":
+      h_BLF = nn.silu(dense(cfg.mlp_dim, ("embed", "mlp"), "wi_0")(x_BLD))
+      h_BLF = h_BLF * dense(cfg.mlp_dim, ("embed", "mlp"), "wi_1")(x_BLD)
+    else:
+      h_BLF = nn.gelu(dense(cfg.mlp_dim, ("embed", "mlp"), "wi")(x_BLD))
+    return dense(cfg.d_model, ("mlp", "embed"), "wo", _STD / math.sqrt(2 * cfg.num_layers))(h_BLF)
+
+
+class Block(nn.Module):
+  """Pre-norm residual block. Returns (x, None) so it can be the body of nn.scan."""
+  cfg: TransformerConfig
+  deterministic: bool = True
+  decode: bool = False
+
+  @nn.compact
+  def __call__(self, x_BLD, mask_B1LS, rope, cache_index):
+    cfg = self.cfg
+    h_BLD = Attention(cfg, self.decode, name="attn")(_norm(cfg, "ln_attn")(x_BLD), mask_B1LS, rope,
+                                                     cache_index)
+    x_BLD = x_BLD + self._dropout(h_BLD)
+    h_BLD = Mlp(cfg, name="mlp")(_norm(cfg, "ln_mlp")(x_BLD))
+    return x_BLD + self._dropout(h_BLD), None
+
+  def _dropout(self, x):
+    # No op (and no 'dropout' rng needed) unless dropout is on and we are training.
+    if self.cfg.dropout_rate > 0 and not self.deterministic:
+      return nn.Dropout(self.cfg.dropout_rate)(x, deterministic=False)
+    return x
+
+
+_REMAT_POLICIES = {"full": None, "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims}
+
+
+class Transformer(nn.Module):
+  """Decoder-only language model; returns float32 logits."""
+  config: TransformerConfig
+
+  @nn.compact
+  def __call__(self, tokens_BL, segment_ids_BL=None, positions_BL=None, *, deterministic=True,
+               decode=False):
+    cfg = self.config
+    B, L = tokens_BL.shape
+    cache_index = None
+    if decode and self.has_variable("cache", "index"):
+      # Decoding step: queries sit at cache_index.., keys are all cache slots up to the query.
+      index = self.variable("cache", "index", jnp.zeros, (), jnp.int32)
+      cache_index = index.value
+      positions_BL = jnp.broadcast_to(cache_index + jnp.arange(L), (B, L))
+      S = self._cache_len()
+      mask_B1LS = (jnp.arange(S) <= positions_BL[:, None, :, None])
+      index.value = cache_index + L
+    else:
+      if decode:  # init of the cache: create the index, run a normal forward pass
+        self.variable("cache", "index", jnp.zeros, (), jnp.int32)
+        segment_ids_BL = None
+      # Built once here and shared by all layers.
+      mask_B1LS = jnp.tril(jnp.ones((L, L), bool))[None, None]
+      if segment_ids_BL is not None:
+        mask_B1LS = mask_B1LS & (segment_ids_BL[:, None, :, None] == segment_ids_BL[:, None, None, :])
+        if positions_BL is None:
+          positions_BL = segment_positions(segment_ids_BL)
+      if positions_BL is None:
+        positions_BL = jnp.broadcast_to(jnp.arange(L), (B, L))
+
+    embed = nn.Embed(cfg.vocab_size, cfg.d_model, dtype=cfg.dtype,
+                     embedding_init=_init(("vocab", "embed")), name="embed")
+    x_BLD = embed(tokens_BL)
+    rope = None
+    if cfg.positions == "learned":
+      table_PD = self.param("pos_embed", _init((None, "embed")), (cfg.max_len, cfg.d_model))
+      x_BLD = x_BLD + table_PD[positions_BL].astype(cfg.dtype)
+    elif cfg.positions == "sinusoidal":
+      x_BLD = x_BLD + sinusoidal(positions_BL, cfg.d_model).astype(cfg.dtype)
+    else:
+      rope = rope_tables(positions_BL, cfg.head_dim, cfg.rope_base)
+    if cfg.dropout_rate > 0 and not deterministic:
+      x_BLD = nn.Dropout(cfg.dropout_rate)(x_BLD, deterministic=False)
+
+    block = Block
+    if cfg.remat != "none" and not decode:  # remat only matters for the backward pass
+      block = nn.remat(Block, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
+    if cfg.scan_layers:
+      block = nn.scan(block, variable_axes={"params": 0, "cache": 0},
+                      split_rngs={"params": True, "dropout": True}, in_axes=(nn.broadcast,) * 3,
+                      length=cfg.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
+      x_BLD, _ = block(cfg, deterministic, decode, name="blocks")(x_BLD, mask_B1LS, rope, cache_index)
+    else:
+      for i in range(cfg.num_layers):
+        x_BLD, _ = block(cfg, deterministic, decode, name=f"block_{i}")(x_BLD, mask_B1LS, rope,
+                                                                        cache_index)
+    x_BLD = _norm(cfg, "ln_final")(x_BLD)
+
+    # Logits accumulate in float32 even when compute is bf16.
+    if cfg.tie_embeddings:
+      w_DV = embed.embedding.T
+    else:
+      w_DV = self.param("unembed", _init(("embed", "vocab")), (cfg.d_model, cfg.vocab_size))
+    return jnp.einsum("bld,dv->blv", x_BLD, w_DV.astype(cfg.dtype), preferred_element_type=jnp.float32)
+
+  def _cache_len(self) -> int:
+    # The cache length is the length of the init input; read it off any layer's cached keys [.., B, S, H, K].
+    leaves = jax.tree_util.tree_leaves_with_path(self.variables["cache"])
+    return next(x.shape[-3] for path, x in leaves if "cached_key" in jax.tree_util.keystr(path))
+
+
+def param_count(params) -> int:
+  """Number of scalars in a (possibly boxed, possibly layer-stacked) param tree."""
+  return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(nn.meta.unbox(params))))
+
+
+def flops_per_token(cfg: TransformerConfig, seq_len: int, params) -> float:
+  """Training FLOPs per token, forward + backward: 6 N + 12 num_layers d_model seq_len (PaLM, App. B).
+
+  N counts the parameters that do matmuls: lookup tables (the input embedding, learned positions)
+  are left out, but the output projection counts, so a tied embedding counts once, as the output
+  projection. The second term is attention scores and the weighted sum of values (no causal discount).
+  """
+  n = param_count(params)
+  if not cfg.tie_embeddings:
+    n -= cfg.vocab_size * cfg.d_model
+  if cfg.positions == "learned":
+    n -= cfg.max_len * cfg.d_model
+  return float(6 * n + 12 * cfg.num_layers * cfg.d_model * seq_len)

@@ -1,0 +1,57 @@
+"""Metrics out of the loop: a console progress line, a JSONL file and TensorBoard events.
+
+Only process 0 writes; the others stay quiet.
+"""
+
+import json
+import os
+import time
+
+import jax
+from flax.metrics import tensorboard
+
+
+class MetricsLogger:
+
+  def __init__(self, workdir: str, num_steps: int, tokens_per_step: int):
+    self.enabled = jax.process_index() == 0
+    self.num_steps, self.tokens_per_step = num_steps, tokens_per_step
+    self._last_time = self._last_step = None
+    if self.enabled:
+      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+      self._tb = tensorboard.SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  def start(self, step: int) -> None:
+    self._last_time, self._last_step = time.perf_counter(), step
+
+  def write(self, step: int, metrics: dict, prefix: str = "train") -> None:
+    """Records `metrics` at `step` (JSONL, TensorBoard) without printing."""
+    if not self.enabled:
+      return
+    metrics = {k: float(v) for k, v in metrics.items()}
+    self._jsonl.write(json.dumps({"step": step, "split": prefix, **metrics}) + "\n")
+    self._jsonl.flush()
+    for key, value in metrics.items():
+      self._tb.scalar(f"{prefix}/{key}", value, step)
+    self._tb.flush()
+
+  def train_progress(self, step: int, metrics: dict) -> None:
+    """Logs train metrics with throughput, and prints step, loss, lr, tokens/s and ETA."""
+    now = time.perf_counter()
+    seconds_per_step = (now - self._last_time) / max(step - self._last_step, 1)
+    self._last_time, self._last_step = now, step
+    metrics = dict(metrics, tokens_per_s=self.tokens_per_step / seconds_per_step)
+    self.write(step, metrics)
+    eta = seconds_per_step * (self.num_steps - step)
+    self.print(f"step {step:6d}/{self.num_steps} | loss {float(metrics['loss']):.4f} | "
+               f"lr {float(metrics['lr']):.2e} | {metrics['tokens_per_s']:,.0f} tok/s | "
+               f"ETA {eta // 60:.0f}m{eta % 60:02.0f}s")
+
+  def print(self, text: str) -> None:
+    if self.enabled:
+      print(text, flush=True)
+
+  def close(self) -> None:
+    if self.enabled:
+      self._jsonl.close()
+      self._tb.close()

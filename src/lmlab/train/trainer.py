@@ -1,0 +1,67 @@
+"""Binds model, optimizer and mesh into jitted, sharded train/eval steps and creates the train state."""
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import PartitionSpec as P
+
+from lmlab.models import transformer
+from lmlab.train import optimizer, partitioning, step
+
+
+class Trainer:
+  """Holds the static pieces of training; its attributes are the jitted steps.
+
+  Parameters and optimizer state are sharded by the logical-axis rules, batches over data x fsdp; jit's
+  in/out shardings carry the mesh (no global mesh context), and the train state is donated.
+  """
+
+  def __init__(self, cfg, vocab_size: int, mesh):
+    self.cfg, self.mesh = cfg, mesh
+    self.model_cfg = transformer.TransformerConfig.from_config(cfg.model, vocab_size, cfg.data.seq_len)
+    self.model = transformer.Transformer(self.model_cfg)
+    self.schedule = optimizer.learning_rate_schedule(cfg.optim, cfg.train.num_steps)
+    rows = cfg.data.batch_size // cfg.optim.grad_accum_steps
+    self._dummy_tokens = jnp.zeros((rows, cfg.data.seq_len), jnp.int32)
+
+    # Logical axis names live on the boxed parameters; the state itself holds plain arrays.
+    boxed_params = jax.eval_shape(self._init_params, jax.random.PRNGKey(0))
+    self.tx = optimizer.make_optimizer(cfg.optim, cfg.train.num_steps, boxed_params)
+    param_specs = nn.get_partition_spec(boxed_params)
+    abstract_params = nn.unbox(boxed_params)
+    opt_specs = optax.tree_map_params(
+        self.tx, lambda _, spec: spec, jax.eval_shape(self.tx.init, abstract_params), param_specs,
+        transform_non_params=lambda _: P(), is_leaf=lambda x: isinstance(x, P))
+    specs = step.TrainState(step=P(), params=param_specs, opt_state=opt_specs)
+    self.state_sharding = nn.logical_to_mesh_sharding(specs, mesh, partitioning.LOGICAL_RULES)
+    self.abstract_state = jax.tree_util.tree_map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+        jax.eval_shape(self._init_state, jax.random.PRNGKey(0)), self.state_sharding)
+
+    batch_sharding = partitioning.batch_sharding(mesh)
+    replicated = partitioning.replicated(mesh)
+    self.init_state = jax.jit(self._init_state, out_shardings=self.state_sharding)
+    train_fn = functools.partial(
+        step.train_step, model=self.model, tx=self.tx, schedule=self.schedule, seed=cfg.seed,
+        grad_accum_steps=cfg.optim.grad_accum_steps, use_dropout=cfg.model.dropout_rate > 0)
+    self.train_step = jax.jit(train_fn, in_shardings=(self.state_sharding, batch_sharding),
+                              out_shardings=(self.state_sharding, replicated), donate_argnums=0)
+    self.eval_step = jax.jit(functools.partial(step.eval_step, model=self.model),
+                             in_shardings=(self.state_sharding.params, batch_sharding),
+                             out_shardings=replicated)
+
+  def _init_params(self, rng):
+    return self.model.init(rng, self._dummy_tokens)["params"]
+
+  def _init_state(self, rng):
+    params = nn.unbox(self._init_params(rng))
+    return step.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=self.tx.init(params))
+
+  def param_count(self) -> int:
+    return transformer.param_count(self.abstract_state.params)
+
+  def flops_per_token(self) -> float:
+    return transformer.flops_per_token(self.model_cfg, self.cfg.data.seq_len, self.abstract_state.params)

@@ -13,8 +13,10 @@ import importlib.util
 import os
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow (input pipeline only) stays quiet
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 config_flags.DEFINE_config_file("config", os.path.join(HERE, "experiments", "gpt.py"),
@@ -89,6 +91,7 @@ def main(argv):
   if len(argv) > 2 or (len(argv) == 2 and argv[1] not in COMMANDS):
     raise app.UsageError(f"Unknown command {' '.join(argv[1:])!r}; commands are {', '.join(COMMANDS)}.")
   command = argv[1] if len(argv) == 2 else "train"
+  logging.set_verbosity(logging.ERROR)  # orbax logs every save; TFDS warns about its own internals
   from lmlab import config as config_lib
   from lmlab.train import checkpoint
   _init_distributed()

@@ -86,10 +86,13 @@ def _train(docs: Iterable[str], tok_cfg) -> bytes:
         minloglevel=2,  # Only errors; training otherwise logs hundreds of lines.
     )
   except RuntimeError as e:
-    if "Vocabulary size" in str(e):
+    if "sentences_.empty()" in str(e):
+      raise ValueError("The tokenizer's training documents contain no text.") from e
+    message = str(e)
+    if "Vocabulary size" in message:
+      reason = message[message.index("Vocabulary size"):].strip()  # Drop sentencepiece's source location.
       raise ValueError(f"config.tokenizer.vocab_size = {tok_cfg.vocab_size} does not fit this corpus "
-                       f"({tok_cfg.model_type} model): {str(e).strip()} Lower the vocabulary size or add "
-                       "data.") from e
+                       f"({tok_cfg.model_type} model): {reason}") from e
     raise
   return model.getvalue()
 

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lmlab.models.transformer import Transformer
+from lmlab.models.transformer import Transformer, init_cache
 
 
 def filter_logits(logits_BV, top_k: int = 0, top_p: float = 1.0):
@@ -44,9 +44,7 @@ def _next_token(logits_BV, rng, temperature, top_k, top_p):
 @functools.partial(jax.jit, static_argnames=("model", "temperature", "top_k", "top_p", "eos_id"))
 def _generate(model, params, buf_BT, lengths_B, rng, *, temperature, top_k, top_p, eos_id):
   B, T = buf_BT.shape
-  # Zero cache (index 0) with the buffer's length, without running or initializing the model.
-  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), buf_BT, decode=True)["cache"])
-  cache = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+  cache = init_cache(model, B, T)
 
   def cond(state):
     t, _, _, done_B = state

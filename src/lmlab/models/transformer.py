@@ -246,6 +246,13 @@ class Transformer(nn.Module):
     return next(x.shape[-3] for path, x in leaves if "cached_key" in jax.tree_util.keystr(path))
 
 
+def init_cache(model: Transformer, batch_size: int, cache_len: int):
+  """An empty KV cache (index 0) for decoding up to cache_len positions, without running the model."""
+  tokens_BL = jax.ShapeDtypeStruct((batch_size, cache_len), jnp.int32)
+  shapes = jax.eval_shape(lambda t: model.init(jax.random.key(0), t, decode=True)["cache"], tokens_BL)
+  return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
 def param_count(params) -> int:
   """Number of scalars in a (possibly boxed, possibly layer-stacked) param tree."""
   return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(nn.meta.unbox(params))))

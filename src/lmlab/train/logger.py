@@ -8,7 +8,7 @@ import os
 import time
 
 import jax
-from flax.metrics import tensorboard
+import tensorflow as tf
 
 
 class MetricsLogger:
@@ -19,7 +19,7 @@ class MetricsLogger:
     self._last_time = self._last_step = None
     if self.enabled:
       self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
-      self._tb = tensorboard.SummaryWriter(os.path.join(workdir, "tensorboard"))
+      self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
 
   def start(self, step: int) -> None:
     self._last_time, self._last_step = time.perf_counter(), step
@@ -31,8 +31,9 @@ class MetricsLogger:
     metrics = {k: float(v) for k, v in metrics.items()}
     self._jsonl.write(json.dumps({"step": step, "split": prefix, **metrics}) + "\n")
     self._jsonl.flush()
-    for key, value in metrics.items():
-      self._tb.scalar(f"{prefix}/{key}", value, step)
+    with self._tb.as_default(step=step):
+      for key, value in metrics.items():
+        tf.summary.scalar(f"{prefix}/{key}", value)
     self._tb.flush()
 
   def train_progress(self, step: int, metrics: dict) -> None:

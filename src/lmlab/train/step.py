@@ -68,7 +68,7 @@ def train_step(state: TrainState, batch, *, model, tx, schedule, seed: int, grad
       "loss": sums["loss_sum"] / weight,
       "accuracy": sums["correct_sum"] / weight,
       "tokens": sums["weight_sum"],
-      "grad_norm": optax.global_norm(grads),
+      "grad_norm": optax.tree.norm(grads),
       "lr": schedule(state.step),
   }
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics

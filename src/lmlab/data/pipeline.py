@@ -1,0 +1,100 @@
+"""Packing tokenized documents into fixed-length rows, and the train/eval batch streams over those rows.
+
+A packed set is a dict of int32 [R, L] numpy arrays (R rows of L = seq_len tokens):
+  tokens       token ids; 0 (PAD_ID) in padding.
+  segment_ids  1, 2, ... numbering the documents within a row; 0 marks padding (loss weight 0).
+  positions    0, 1, ... within each segment; 0 in padding.
+"""
+
+from typing import Iterator
+
+import numpy as np
+import tensorflow as tf
+
+KEYS = ("tokens", "segment_ids", "positions")
+
+
+def pack_documents(docs: list[np.ndarray], seq_len: int) -> dict:
+  """Concatenates the documents in order and cuts the stream into rows of seq_len; only the last row is
+  padded. A document running past a row's end continues as a new segment (positions from 0) in the next."""
+  lengths_D = np.array([len(d) for d in docs], np.int64)
+  stream_N = np.concatenate(docs).astype(np.int32) if docs else np.zeros(0, np.int32)
+  n = stream_N.size
+  num_rows = -(-n // seq_len)
+  k_N = np.arange(n)
+  # A segment starts at each (non-empty) document start and at each row start.
+  starts_D = np.cumsum(lengths_D) - lengths_D
+  new_segment_N = np.zeros(n, bool)
+  new_segment_N[starts_D[lengths_D > 0]] = True
+  new_segment_N[::seq_len] = True
+  # Number segments globally, then rebase per row so each row's first segment is 1.
+  global_segment_N = np.cumsum(new_segment_N)
+  segment_ids_N = global_segment_N - np.repeat(global_segment_N[::seq_len], seq_len)[:n] + 1
+  segment_start_N = np.maximum.accumulate(np.where(new_segment_N, k_N, 0))
+  positions_N = k_N - segment_start_N
+
+  def rows(values_N):
+    out = np.zeros(num_rows * seq_len, np.int32)
+    out[:n] = values_N
+    return out.reshape(num_rows, seq_len)
+
+  return {"tokens": rows(stream_N), "segment_ids": rows(segment_ids_N), "positions": rows(positions_N)}
+
+
+def num_tokens(packed: dict) -> int:
+  """Non-padding tokens in a packed set."""
+  return int(np.count_nonzero(packed["segment_ids"]))
+
+
+def train_dataset(packed: dict, batch_size: int, seed: int, start_step: int = 0, process_index: int = 0,
+                  prefetch: int = 2) -> tf.data.Dataset:
+  """Endless batches of `batch_size` rows (this process's share of the global batch), reshuffled every
+  epoch. Batch `step` is a pure function of (seed, step, process_index): resuming at start_step yields
+  exactly what an uninterrupted run would have, without replaying earlier batches.
+
+  Example i (= step * batch_size + b) is row index_shuffle(i % R, seed=[seed, i // R, process_index]):
+  a stateless permutation of the R rows per epoch, so every row is seen once per epoch.
+  """
+  num_rows = packed["tokens"].shape[0]
+  if num_rows == 0:
+    raise ValueError("train_dataset needs at least one packed row; the training split has no tokens.")
+  rows_RL = {key: tf.constant(packed[key], tf.int32) for key in KEYS}
+
+  def gather_batch(index_B):
+    epoch_B = index_B // num_rows
+    seed_B3 = tf.stack([tf.fill(tf.shape(index_B), tf.constant(seed, tf.int64)), epoch_B,
+                        tf.fill(tf.shape(index_B), tf.constant(process_index, tf.int64))], axis=1)
+    # The raw op takes a 3-word key; the public tf.random.experimental.index_shuffle takes 2 and pads it
+    # with a constant, which would leave no room for the process index.
+    row_B = tf.raw_ops.RandomIndexShuffle(
+        index=index_B % num_rows, seed=seed_B3,
+        max_index=tf.fill(tf.shape(index_B), tf.constant(num_rows - 1, tf.int64)), rounds=4)
+    return {key: tf.gather(rows, row_B) for key, rows in rows_RL.items()}
+
+  # Batch the indices first: one vectorized shuffle + gather per batch is much cheaper than per row.
+  ds = tf.data.Dataset.range(start_step * batch_size, 2**62)
+  ds = ds.batch(batch_size, drop_remainder=True)
+  ds = ds.map(gather_batch, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.prefetch(prefetch)
+  options = tf.data.Options()
+  options.deterministic = True
+  return ds.with_options(options)
+
+
+def eval_batches(packed: dict, batch_size: int, num_batches: int | None = None) -> Iterator[dict]:
+  """The rows in order, once, as numpy batches; the last batch is filled with all-zero rows (segment 0,
+  so weight 0). With num_batches, exactly that many batches: truncated, or extended with all-padding
+  batches (multi-process eval needs every process to run the same number of steps)."""
+  num_rows = packed["tokens"].shape[0]
+  seq_len = packed["tokens"].shape[1]
+  if num_batches is None:
+    num_batches = -(-num_rows // batch_size)
+  for start in range(0, num_batches * batch_size, batch_size):
+    batch = {}
+    for key in KEYS:
+      rows_BL = packed[key][start:start + batch_size]
+      pad = batch_size - rows_BL.shape[0]
+      if pad:
+        rows_BL = np.concatenate([rows_BL, np.zeros((pad, seq_len), np.int32)])
+      batch[key] = rows_BL
+    yield batch

@@ -1,0 +1,371 @@
+"""Tests of the data layer: the bbc_news builder, document sources, tokenizer, packing and batching."""
+
+import collections
+import os
+import time
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from lmlab import config
+from lmlab.data import bbc_news, pipeline, sources, tokenizer
+
+TOPICS = ["business", "entertainment", "politics", "sports", "tech"]
+
+
+def data_config(**overrides):
+  cfg = config.default_config().data
+  cfg.update(overrides)
+  return cfg
+
+
+# bbc_news
+
+
+@pytest.fixture(scope="module")
+def bbc_splits(bbc_data_dir):
+  """{split: list of numpy examples}."""
+  ds = tfds.load("bbc_news", data_dir=bbc_data_dir, download=False)
+  return {name: list(tfds.as_numpy(split)) for name, split in ds.items()}
+
+
+def test_bbc_news_is_registered():
+  assert "bbc_news" in tfds.list_builders()
+
+
+def test_bbc_news_sizes_and_labels(bbc_data_dir, bbc_splits):
+  sizes = {name: len(examples) for name, examples in bbc_splits.items()}
+  assert sum(sizes.values()) == 2225
+  assert sorted(sizes) == ["test", "train", "validation"]
+  assert 0.75 < sizes["train"] / 2225 < 0.85
+  assert 0.07 < sizes["validation"] / 2225 < 0.13
+  assert 0.07 < sizes["test"] / 2225 < 0.13
+  info = tfds.builder("bbc_news", data_dir=bbc_data_dir).info
+  assert info.features["label"].names == TOPICS
+  assert info.supervised_keys == ("text", "label")
+  for name, examples in bbc_splits.items():
+    counts = collections.Counter(int(ex["label"]) for ex in examples)
+    assert sorted(counts) == [0, 1, 2, 3, 4], name
+    # Each topic holds 386-511 articles, so it has ~300-400 train and ~40-50 eval articles.
+    assert min(counts.values()) >= 0.5 * sizes[name] / 10, (name, counts)
+
+
+def test_bbc_news_text_and_title(bbc_splits):
+  examples = [ex for split in bbc_splits.values() for ex in split]
+  for ex in examples:
+    text, title = ex["text"].decode("utf-8"), ex["title"].decode("utf-8")
+    assert title and title == text.split("\n")[0]
+    assert text == text.strip() and "\r" not in text
+  texts = [ex["text"].decode("utf-8") for ex in examples]
+  # sports/199.txt is latin-1: its pound sign must decode, not become a replacement character.
+  assert any("a \u00a315.8m signing from Parma" in t for t in texts)
+  assert not any("\ufffd" in t for t in texts)
+
+
+def test_bbc_news_duplicates_share_a_split(bbc_splits):
+  """The corpus has byte-identical articles under two names; they must not leak from train into eval."""
+  texts = {name: {ex["text"] for ex in examples} for name, examples in bbc_splits.items()}
+  assert not texts["train"] & texts["validation"]
+  assert not texts["train"] & texts["test"]
+  assert not texts["validation"] & texts["test"]
+
+
+def test_bbc_news_split_rule():
+  assert bbc_news.split_of("business/001.txt") == bbc_news.split_of("business/001.txt")
+  counts = collections.Counter(bbc_news.split_of(f"tech/{i:03d}.txt") for i in range(1000))
+  assert 700 < counts["train"] < 900 and 50 < counts["validation"] < 150
+
+
+# load_documents: TFDS
+
+
+def test_tfds_documents_shards(bbc_data_dir):
+  cfg = data_config(tfds_data_dir=bbc_data_dir)
+  full = sources.load_documents(cfg, "train")
+  assert len(full) > 1700 and all(isinstance(d, str) and d for d in full)
+  shards = [sources.load_documents(cfg, "train", i, 3) for i in range(3)]
+  # As multisets (the corpus has duplicate articles): disjoint and together exactly the split.
+  assert sum((collections.Counter(s) for s in shards), collections.Counter()) == collections.Counter(full)
+  assert abs(len(shards[0]) - len(shards[2])) <= 1
+  evaluation = sources.load_documents(cfg, "validation")
+  assert not set(evaluation) & set(full)
+
+
+def test_tfds_other_text_key(bbc_data_dir):
+  cfg = data_config(tfds_data_dir=bbc_data_dir, text_key="title")
+  titles = sources.load_documents(cfg, "test")
+  assert all("\n" not in t for t in titles)
+
+
+def test_tfds_unprepared_catalog_dataset_fails_fast(tmp_path):
+  cfg = data_config(tfds_name="imdb_reviews", tfds_data_dir=str(tmp_path / "empty"))
+  start = time.time()
+  with pytest.raises(ValueError) as e:
+    sources.load_documents(cfg, "train")
+  assert time.time() - start < 5
+  message = str(e.value)
+  assert "not prepared" in message and str(tmp_path / "empty") in message
+  assert "tfds_manual_dir" in message and "tfds_download=True" in message
+
+
+@pytest.mark.parametrize("overrides, split, key", [
+    (dict(tfds_name="bbc_newz"), "train", "config.data.tfds_name"),
+    (dict(text_key="body"), "train", "config.data.text_key"),
+    (dict(text_key="label"), "train", "config.data.text_key"),
+    (dict(train_split="trian"), "trian", "config.data.train_split"),
+    (dict(eval_split="valid"), "valid", "config.data.eval_split"),
+])
+def test_tfds_config_errors(bbc_data_dir, overrides, split, key):
+  cfg = data_config(tfds_data_dir=bbc_data_dir, **overrides)
+  with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+    sources.load_documents(cfg, split)
+
+
+# load_documents: text files
+
+
+@pytest.fixture(scope="module")
+def text_corpus(tmp_path_factory):
+  """40 files of 3 paragraphs of 2 lines (one latin-1 file, one with CRLF); returns (glob, lines)."""
+  root = tmp_path_factory.mktemp("corpus")
+  (root / "sub").mkdir()
+  (root / "notes.md").write_text("not matched")
+  lines = []
+  for f in range(40):
+    paragraphs = []
+    for p in range(3):
+      pair = [f"file {f} paragraph {p} line {i} caf\u00e9" for i in range(2)]
+      lines += pair
+      paragraphs.append("\n".join(pair))
+    text = "\n\n  \n".join(paragraphs) + "\n\n"
+    path = root / ("sub" if f % 2 else ".") / f"doc{f:02d}.txt"
+    if f == 3:
+      path.write_bytes(text.encode("latin-1"))
+    elif f == 4:
+      path.write_bytes(text.replace("\n", "\r\n").encode("utf-8"))
+    else:
+      path.write_text(text, encoding="utf-8")
+  return str(root / "**" / "*.txt"), lines
+
+
+@pytest.mark.parametrize("unit, count", [("file", 40), ("paragraph", 120), ("line", 240)])
+def test_text_file_documents(text_corpus, unit, count):
+  pattern, lines = text_corpus
+  cfg = data_config(source="text_files", text_glob=pattern, text_unit=unit, text_eval_percent=25)
+  train = sources.load_documents(cfg, "train")
+  evaluation = sources.load_documents(cfg, "validation")
+  docs = train + evaluation
+  assert len(docs) == count
+  assert all(d == d.strip() and d for d in docs)
+  # Every line of the corpus, decoded (latin-1 and CRLF files too), is in exactly one document.
+  assert sorted(line for d in docs for line in d.split("\n") if line.strip()) == sorted(lines)
+  assert 0.1 * count <= len(evaluation) <= 0.4 * count
+  assert sources.load_documents(cfg, "train") == train  # deterministic
+  shards = [sources.load_documents(cfg, "train", i, 2) for i in range(2)]
+  assert not set(shards[0]) & set(shards[1])
+  assert sorted(shards[0] + shards[1]) == sorted(train)
+
+
+def test_text_file_errors(text_corpus, tmp_path):
+  pattern, _ = text_corpus
+  cfg = data_config(source="text_files", text_glob=pattern)
+  with pytest.raises(ValueError, match=r"config\.data\.train_split"):
+    sources.load_documents(cfg, "test")
+  cfg = data_config(source="text_files", text_glob=str(tmp_path / "*.txt"))
+  with pytest.raises(ValueError, match=r"config\.data\.text_glob"):
+    sources.load_documents(cfg, "train")
+
+
+# tokenizer
+
+
+def tokenizer_config(vocab_size=300, model_type="unigram"):
+  cfg = config.default_config().tokenizer
+  cfg.vocab_size, cfg.model_type = vocab_size, model_type
+  return cfg
+
+
+@pytest.fixture(scope="module")
+def small_docs(bbc_data_dir):
+  return sources.load_documents(data_config(tfds_data_dir=bbc_data_dir), "train")[:300]
+
+
+@pytest.fixture(scope="module")
+def small_tokenizer(small_docs, tmp_path_factory):
+  path = str(tmp_path_factory.mktemp("tok") / "tokenizer.model")
+  return path, tokenizer.load_or_train(path, lambda: small_docs, tokenizer_config())
+
+
+def test_tokenizer_round_trip(small_tokenizer):
+  path, sp = small_tokenizer
+  assert sp.get_piece_size() == 300
+  assert [sp.id_to_piece(i) for i in range(4)] == ["<pad>", "<unk>", "<s>", "</s>"]
+  assert (tokenizer.PAD_ID, tokenizer.UNK_ID, tokenizer.BOS_ID, tokenizer.EOS_ID) == (0, 1, 2, 3)
+  text = "The government said shares in the company rose by 5% to $1.2bn on Tuesday."
+  assert sp.decode(sp.encode(text)) == text
+  assert os.listdir(os.path.dirname(path)) == ["tokenizer.model"]  # no temp file left behind
+
+
+def test_tokenizer_reloads_without_training(small_tokenizer):
+  path, sp = small_tokenizer
+
+  def no_texts():
+    raise AssertionError("must not retrain")
+
+  again = tokenizer.load_or_train(path, no_texts, tokenizer_config())
+  assert again.serialized_model_proto() == sp.serialized_model_proto()
+  with pytest.raises(ValueError, match=r"config\.tokenizer\.vocab_size.*new workdir"):
+    tokenizer.load_or_train(path, no_texts, tokenizer_config(vocab_size=512))
+
+
+def test_tokenizer_vocab_too_large(small_docs, tmp_path):
+  with pytest.raises(ValueError, match=r"config\.tokenizer\.vocab_size"):
+    tokenizer.load_or_train(str(tmp_path / "t.model"), lambda: small_docs[:20], tokenizer_config(20000))
+  assert not os.listdir(tmp_path)
+
+
+def test_tokenizer_long_lines_reach_the_trainer(tmp_path):
+  line = " ".join(f"w{i % 50}x" for i in range(2500))  # ~10 kB; sentencepiece drops lines > 4,192 bytes.
+  pieces = list(tokenizer.training_lines([line, "", "short line"]))
+  assert all(len(p.encode("utf-8")) < tokenizer.MAX_PIECE_BYTES for p in pieces)
+  assert " ".join(pieces[:-1]) == line and pieces[-1] == "short line"
+  # Trained on the long line alone: without the split, sentencepiece would see no sentence at all.
+  sp = tokenizer.load_or_train(str(tmp_path / "t.model"), lambda: [line], tokenizer_config(18))
+  assert tokenizer.UNK_ID not in sp.encode("w7x w49x")
+  assert len(list(tokenizer.training_lines(["y" * 5000]))) == 6  # a single overlong word is cut too
+
+
+def test_encode_documents(small_tokenizer):
+  _, sp = small_tokenizer
+  docs = ["Shares rose.", "", "The minister said."]
+  encoded = tokenizer.encode_documents(sp, docs)
+  assert [e.dtype for e in encoded] == [np.int32] * 3
+  for doc, ids in zip(docs, encoded):
+    assert ids[0] == tokenizer.BOS_ID and ids[-1] == tokenizer.EOS_ID
+    assert sp.decode(ids[1:-1].tolist()) == doc
+
+
+# packing
+
+
+def pack_reference(docs, seq_len):
+  """Token-by-token packing, the obvious way."""
+  stream = [(token, d) for d, doc in enumerate(docs) for token in doc]
+  packed = {key: [] for key in pipeline.KEYS}
+  for start in range(0, len(stream), seq_len):
+    row = {key: [0] * seq_len for key in pipeline.KEYS}
+    segment, position, last_doc = 0, 0, None
+    for i, (token, doc) in enumerate(stream[start:start + seq_len]):
+      if doc != last_doc:
+        segment, position, last_doc = segment + 1, 0, doc
+      row["tokens"][i], row["segment_ids"][i], row["positions"][i] = token, segment, position
+      position += 1
+    for key in pipeline.KEYS:
+      packed[key].append(row[key])
+  return {key: np.array(rows, np.int32).reshape(-1, seq_len) for key, rows in packed.items()}
+
+
+@pytest.mark.parametrize("seq_len", [1, 7, 16])
+def test_pack_documents_matches_reference(seq_len):
+  rng = np.random.default_rng(seq_len)
+  lengths = [5, 16, 1, 0, 33, 7, 2, 16, 9]
+  docs = [rng.integers(4, 100, size=n).astype(np.int32) for n in lengths]
+  packed = pipeline.pack_documents(docs, seq_len)
+  expected = pack_reference(docs, seq_len)
+  for key in pipeline.KEYS:
+    assert packed[key].dtype == np.int32 and packed[key].shape == expected[key].shape
+    np.testing.assert_array_equal(packed[key], expected[key], err_msg=key)
+
+
+def test_pack_documents_semantics():
+  rng = np.random.default_rng(0)
+  docs = [rng.integers(4, 1000, size=n).astype(np.int32) for n in rng.integers(1, 60, size=200)]
+  seq_len = 32
+  packed = pipeline.pack_documents(docs, seq_len)
+  tokens, segments, positions = packed["tokens"], packed["segment_ids"], packed["positions"]
+  total = sum(len(d) for d in docs)
+  assert pipeline.num_tokens(packed) == total
+  assert tokens.shape == (-(-total // seq_len), seq_len)
+  # Every token of every document, in order; padding only at the end of the last row.
+  np.testing.assert_array_equal(tokens[segments > 0], np.concatenate(docs))
+  assert (segments[:-1] > 0).all()
+  last = segments[-1]
+  assert (np.diff((last > 0).astype(int)) <= 0).all()
+  assert (tokens[-1][last == 0] == 0).all() and (positions[-1][last == 0] == 0).all()
+  # Segments count up by one from 1 in each row; positions restart exactly where a segment starts.
+  assert (segments[:, 0] == 1).all()
+  step = np.diff(segments, axis=1)
+  real = segments[:, 1:] > 0
+  assert np.isin(step[real], [0, 1]).all()
+  starts = np.concatenate([np.ones((len(segments), 1), bool), step != 0], axis=1) & (segments > 0)
+  assert (positions[starts] == 0).all()
+  following = (~starts[:, 1:]) & real
+  assert (positions[:, 1:][following] == positions[:, :-1][following] + 1).all()
+
+
+def test_pack_documents_is_fast():
+  rng = np.random.default_rng(0)
+  docs = [rng.integers(4, 4096, size=n).astype(np.int32) for n in rng.integers(10, 990, size=2000)]
+  start = time.time()
+  pipeline.pack_documents(docs, 128)
+  assert time.time() - start < 1.0
+
+
+# batching
+
+
+def row_packed(num_rows, seq_len=4):
+  """Row r has tokens r, r, ... so batches show which rows they hold."""
+  tokens = np.repeat(np.arange(num_rows, dtype=np.int32)[:, None], seq_len, axis=1)
+  return {"tokens": tokens, "segment_ids": np.ones_like(tokens),
+          "positions": np.tile(np.arange(seq_len, dtype=np.int32), (num_rows, 1))}
+
+
+def take(ds, n):
+  """The row ids of the first n batches, [n, B]."""
+  return np.stack([b["tokens"][:, 0] for _, b in zip(range(n), ds.as_numpy_iterator())])
+
+
+def test_train_dataset_shapes():
+  batch = next(pipeline.train_dataset(row_packed(10, 8), batch_size=3, seed=0).as_numpy_iterator())
+  assert sorted(batch) == sorted(pipeline.KEYS)
+  for key in pipeline.KEYS:
+    assert batch[key].shape == (3, 8) and batch[key].dtype == np.int32
+
+
+def test_train_dataset_order_is_a_function_of_seed_step_process():
+  packed = row_packed(37)
+  first = take(pipeline.train_dataset(packed, 5, seed=1), 30)
+  np.testing.assert_array_equal(first, take(pipeline.train_dataset(packed, 5, seed=1), 30))
+  assert not np.array_equal(first, take(pipeline.train_dataset(packed, 5, seed=2), 30))
+  assert not np.array_equal(first, take(pipeline.train_dataset(packed, 5, seed=1, process_index=1), 30))
+  for k in (1, 7, 22):
+    resumed = take(pipeline.train_dataset(packed, 5, seed=1, start_step=k), 30 - k)
+    np.testing.assert_array_equal(resumed, first[k:])
+
+
+def test_train_dataset_visits_every_row_once_per_epoch():
+  num_rows, batch_size = 37, 5
+  ids = take(pipeline.train_dataset(row_packed(num_rows), batch_size, seed=3), -(-3 * num_rows // batch_size))
+  ids = ids.reshape(-1)
+  epochs = [ids[e * num_rows:(e + 1) * num_rows] for e in range(3)]
+  for epoch in epochs:
+    assert sorted(epoch) == list(range(num_rows))
+  assert not np.array_equal(epochs[0], epochs[1])  # reshuffled
+  assert not np.array_equal(epochs[0], np.arange(num_rows))
+
+
+def test_eval_batches_pad_with_zero_rows():
+  packed = row_packed(10)
+  packed["tokens"] = packed["tokens"] + 4
+  batches = list(pipeline.eval_batches(packed, 4))
+  assert len(batches) == 3
+  for key in pipeline.KEYS:
+    stacked = np.concatenate([b[key] for b in batches])
+    assert stacked.shape == (12, 4) and stacked.dtype == np.int32
+    np.testing.assert_array_equal(stacked[:10], packed[key])
+    assert (stacked[10:] == 0).all()
+  assert len(list(pipeline.eval_batches(packed, 4, num_batches=1))) == 1
+  extended = list(pipeline.eval_batches(packed, 4, num_batches=5))
+  assert len(extended) == 5 and all((b["segment_ids"] == 0).all() for b in extended[3:])

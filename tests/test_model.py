@@ -1,0 +1,274 @@
+"""Tests of lmlab.models.transformer and lmlab.decode.sampling (tiny shapes, CPU)."""
+
+import dataclasses
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from lmlab import config as config_lib
+from lmlab.decode.sampling import filter_logits, sample
+from lmlab.models.transformer import (Transformer, TransformerConfig, flops_per_token, init_cache,
+                                     param_count)
+
+V, L, B = 32, 12, 2
+POSITIONS = ("learned", "sinusoidal", "rotary")
+
+
+def make(**kw):
+  base = dict(vocab_size=V, num_layers=2, d_model=16, num_heads=2, mlp_dim=32, max_len=16)
+  return Transformer(TransformerConfig(**{**base, **kw}))
+
+
+def tokens(seed=0, shape=(B, L)):
+  return jax.random.randint(jax.random.key(seed), shape, 1, V)
+
+
+@functools.lru_cache(maxsize=None)
+def init(model):
+  # Jitted (eager init of a scanned model is slow) and with the rbg PRNG, which compiles ~2x faster
+  # than threefry; test time is dominated by XLA compiles.
+  return jitted(model.init)(jax.random.key(0, impl="rbg"), tokens())["params"]
+
+
+@functools.lru_cache(maxsize=None)
+def jitted(fn, **kw):
+  """One compiled function per (model method, flags); recompiling per call would dominate test time."""
+  return jax.jit(functools.partial(fn, **kw))
+
+
+def forward(model, params, *args, **kw):
+  return jitted(model.apply, **kw)({"params": params}, *args)
+
+
+@pytest.mark.parametrize("positions", POSITIONS)
+@pytest.mark.parametrize("norm", ["layernorm", "rmsnorm"])
+@pytest.mark.parametrize("mlp", ["gelu", "swiglu"])
+def test_shapes_and_dtypes(positions, norm, mlp):
+  model = make(positions=positions, norm=norm, mlp_activation=mlp, dtype=jnp.bfloat16, num_layers=1)
+  variables = jax.eval_shape(model.init, jax.random.key(0), tokens())
+  assert set(variables) == {"params"}
+  assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(nn.meta.unbox(variables)))
+  logits = jax.eval_shape(model.apply, variables, tokens())
+  assert logits.shape == (B, L, V) and logits.dtype == jnp.float32
+
+
+def test_bfloat16_forward_runs_close_to_float32():
+  model32 = make()
+  params = init(model32)
+  out32 = forward(model32, params, tokens())
+  out16 = forward(make(dtype=jnp.bfloat16), params, tokens())
+  assert out16.dtype == jnp.float32 and np.isfinite(out16).all()
+  np.testing.assert_allclose(out16, out32, atol=0.1)
+
+
+@pytest.mark.parametrize("positions", POSITIONS)
+def test_causal(positions):
+  model = make(positions=positions)
+  params = init(model)
+  x = tokens()
+  t = 6
+  y = x.at[:, t].set((x[:, t] + 1) % V)
+  a, b = forward(model, params, x), forward(model, params, y)
+  np.testing.assert_array_equal(a[:, :t], b[:, :t])
+  assert not np.allclose(a[:, t:], b[:, t:])
+
+
+@pytest.mark.parametrize("positions", POSITIONS)
+def test_segments_are_isolated(positions):
+  model = make(positions=positions)
+  params = init(model)
+  seg2 = tokens(1, (1, 5))
+  # Row: 4 tokens of segment 1, 5 of segment 2, 3 of padding (segment 0).
+  segment_ids = jnp.array([[1] * 4 + [2] * 5 + [0] * 3])
+  rows = [jnp.concatenate([tokens(s, (1, 4)), seg2, jnp.zeros((1, 3), jnp.int32)], 1) for s in (2, 3)]
+  explicit = jnp.array([list(range(4)) + list(range(5)) + list(range(3))])
+  outs = [forward(model, params, r, segment_ids, pos) for r in rows for pos in (None, explicit)]
+  alone = forward(model, params, seg2)
+  for out in outs:
+    np.testing.assert_allclose(out[:, 4:9], alone, atol=1e-5)
+  assert not np.allclose(outs[0][:, :4], outs[2][:, :4])
+
+
+def decode_one_by_one(model, params, x, chunk=1):
+  if chunk == 1:  # the documented way...
+    cache = jitted(model.init, decode=True)(jax.random.key(0), jnp.zeros((x.shape[0], 16), jnp.int32))["cache"]
+  else:  # ...and the helper that skips computing it
+    cache = init_cache(model, x.shape[0], 16)
+  step = jitted(model.apply, decode=True, mutable="cache")
+  outs, start = [], 0
+  for size in [chunk] + [1] * (x.shape[1] - chunk):
+    logits, mutated = step({"params": params, "cache": cache}, x[:, start:start + size])
+    cache, start = mutated["cache"], start + size
+    outs.append(logits)
+  assert int(cache["index"]) == x.shape[1]
+  return jnp.concatenate(outs, axis=1)
+
+
+@pytest.mark.parametrize("positions", ["rotary", "learned"])
+@pytest.mark.parametrize("scan", [False, True])
+def test_kv_cache_matches_full_forward(positions, scan):
+  model = make(positions=positions, scan_layers=scan)
+  params, x = init(model), tokens()
+  full = forward(model, params, x)
+  np.testing.assert_allclose(decode_one_by_one(model, params, x), full, atol=1e-5)
+  # A prompt chunk of several tokens, then single tokens.
+  np.testing.assert_allclose(decode_one_by_one(model, params, x, chunk=5), full, atol=1e-5)
+
+
+def test_scan_equals_unrolled_with_restacked_params():
+  unrolled, scanned = make(positions="rotary"), make(positions="rotary", scan_layers=True)
+  params = nn.meta.unbox(init(unrolled))
+  stacked = {k: v for k, v in params.items() if not k.startswith("block_")}
+  stacked["blocks"] = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *[params[f"block_{i}"] for i in range(2)])
+  assert jax.tree_util.tree_structure(stacked) == jax.tree_util.tree_structure(
+      nn.meta.unbox(init(scanned)))
+  assert param_count(init(unrolled)) == param_count(init(scanned))
+  np.testing.assert_allclose(forward(scanned, stacked, tokens()), forward(unrolled, params, tokens()),
+                             atol=1e-5)
+
+
+@pytest.mark.parametrize("scan,remat", [(False, "full"), (True, "dots")])
+def test_remat_keeps_outputs_and_grads(scan, remat):
+  x = tokens()
+  def loss_and_grad(model, params):
+    loss = lambda p: jnp.mean(model.apply({"params": p}, x) ** 2)
+    return jax.jit(jax.value_and_grad(loss))(params)
+  params = init(make(scan_layers=scan))
+  ref_loss, ref_grad = loss_and_grad(make(scan_layers=scan), params)
+  loss, grad = loss_and_grad(make(scan_layers=scan, remat=remat), params)
+  np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), grad, ref_grad)
+
+
+EXPECTED_NAMES = {
+    "embed/embedding": ("vocab", "embed"), "pos_embed": (None, "embed"), "unembed": ("embed", "vocab"),
+    "qkv/kernel": ("embed", None, "heads", "head_dim"), "qkv/bias": (None, "heads", "head_dim"),
+    "out/kernel": ("heads", "head_dim", "embed"), "out/bias": ("embed",),
+    "wi/kernel": ("embed", "mlp"), "wi_0/kernel": ("embed", "mlp"), "wi_1/kernel": ("embed", "mlp"),
+    "wi/bias": ("mlp",), "wi_0/bias": ("mlp",), "wi_1/bias": ("mlp",),
+    "wo/kernel": ("mlp", "embed"), "wo/bias": ("embed",), "scale": ("embed",), "bias": ("embed",),
+}
+
+
+@pytest.mark.parametrize("kw", [dict(tie_embeddings=False, mlp_activation="swiglu"),
+                                dict(scan_layers=True, norm="rmsnorm")])
+def test_every_param_is_logically_partitioned(kw):
+  model = make(**kw)
+  params = jax.eval_shape(model.init, jax.random.key(0), tokens())["params"]
+  leaves = jax.tree_util.tree_leaves_with_path(params, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+  for path, leaf in leaves:
+    name = "/".join(k.key for k in path)
+    assert isinstance(leaf, nn.Partitioned), name
+    expected = next(v for k, v in EXPECTED_NAMES.items() if name.endswith(k))
+    if kw.get("scan_layers") and name.startswith("blocks/"):
+      expected = ("layers",) + expected
+    assert leaf.names == expected, name
+    assert len(leaf.names) == leaf.value.ndim, name
+
+
+def test_param_count_and_flops_by_hand():
+  # Per block: qkv 16*48+48, out 16*16+16, two layernorms 2*32, mlp 16*32+32 + 32*16+16 = 2224.
+  # Plus embedding 32*16, learned positions 16*16, final norm 32.
+  shapes = lambda model: jax.eval_shape(model.init, jax.random.key(0), tokens())["params"]
+  tied, untied = make(), make(tie_embeddings=False)
+  n_total = 2 * 2224 + 512 + 256 + 32
+  assert param_count(shapes(tied)) == param_count(init(tied)) == n_total
+  # The tied table counts once (as the output projection); learned positions are a lookup.
+  n = n_total - 256
+  assert flops_per_token(tied.config, 8, shapes(tied)) == 6 * n + 12 * 2 * 16 * 8
+  assert param_count(shapes(untied)) == n_total + 512
+  assert flops_per_token(untied.config, 8, shapes(untied)) == 6 * n + 12 * 2 * 16 * 8
+
+
+def test_from_config():
+  cfg = config_lib.default_config()
+  cfg.model.dtype = "bfloat16"
+  tc = TransformerConfig.from_config(cfg.model, vocab_size=100, max_len=64)
+  assert (tc.vocab_size, tc.max_len, tc.dtype, tc.d_model) == (100, 64, jnp.bfloat16, cfg.model.d_model)
+  assert {f.name for f in dataclasses.fields(tc)} == set(cfg.model) | {"vocab_size", "max_len"}
+
+
+def test_dropout_only_when_training():
+  model = make(dropout_rate=0.5)
+  params, x = init(make()), tokens()  # dropout has no params
+  np.testing.assert_array_equal(forward(model, params, x), forward(make(), params, x))
+  train = lambda seed: jitted(model.apply, deterministic=False)(
+      {"params": params}, x, rngs={"dropout": jax.random.key(seed)})
+  assert not np.allclose(train(0), train(1))
+  # With rate 0 training needs no dropout rng.
+  forward(make(), params, x, deterministic=False)
+
+
+def test_filter_logits():
+  logits = jnp.log(jnp.array([[0.1, 0.4, 0.05, 0.3, 0.15]]))
+  kept = lambda out: set(np.flatnonzero(np.isfinite(out[0])).tolist())
+  assert kept(filter_logits(logits, top_k=2)) == {1, 3}
+  assert kept(filter_logits(logits, top_p=0.6)) == {1, 3}  # 0.4 < 0.6 <= 0.4 + 0.3
+  assert kept(filter_logits(logits, top_p=0.75)) == {1, 3, 4}
+  assert kept(filter_logits(logits, top_p=0.01)) == {1}
+  assert kept(filter_logits(logits, top_k=3, top_p=0.5)) == {1, 3}
+  assert kept(filter_logits(logits)) == set(range(5))
+  np.testing.assert_array_equal(filter_logits(logits, top_k=2)[0, [1, 3]], logits[0, [1, 3]])
+
+
+PROMPTS = [[5, 7, 9], [3], [11, 2, 4, 6, 8]]
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_greedy_sample_matches_argmax_with_full_forward(scan):
+  model = make(positions="rotary", scan_layers=scan)
+  params = init(model)
+  got = sample(model, params, PROMPTS, max_new_tokens=6, rng=jax.random.key(0), temperature=0.0)
+  for prompt, generated in zip(PROMPTS, got):
+    # Full forward passes over a fixed [1, 16] buffer (one compile); causality makes the padding inert.
+    buf = np.zeros((1, 16), np.int32)
+    buf[0, :len(prompt)] = prompt
+    for t in range(len(prompt), len(prompt) + 6):
+      buf[0, t] = int(jnp.argmax(forward(model, params, jnp.asarray(buf))[0, t - 1]))
+    assert generated == buf[0, len(prompt):len(prompt) + 6].tolist()
+
+
+def test_sampling_reproducible_and_eos():
+  model = make()
+  params = init(model)
+  run = lambda seed, **kw: sample(model, params, PROMPTS, max_new_tokens=10, rng=jax.random.key(seed),
+                                  top_k=20, top_p=0.95, temperature=2.0, **kw)
+  a = run(0)
+  assert a == run(0) and a != run(1)
+  assert all(len(g) == 10 and all(0 <= t < V for t in g) for g in a)
+  eos = a[0][3]
+  cut = run(0, eos_id=eos)
+  for full, short in zip(a, cut):
+    assert short == (full[:full.index(eos) + 1] if eos in full else full)
+
+
+def test_prompt_too_long_raises():
+  model = make()
+  with pytest.raises(ValueError, match="max_len"):
+    sample(model, init(model), [[1] * 10], max_new_tokens=7, rng=jax.random.key(0))
+
+
+def test_overfits_one_batch():
+  model = make(positions="rotary", norm="rmsnorm", mlp_activation="swiglu", use_bias=False)
+  x = tokens(5, (4, 16))
+  params = nn.meta.unbox(jax.jit(model.init)(jax.random.key(0), x)["params"])
+  opt = optax.adam(1e-2)
+
+  @jax.jit
+  def step(params, opt_state):
+    def loss_fn(p):
+      logits = model.apply({"params": p}, x[:, :-1])
+      return optax.softmax_cross_entropy_with_integer_labels(logits, x[:, 1:]).mean()
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt_state = opt.update(grads, opt_state)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  opt_state = opt.init(params)
+  for _ in range(200):
+    params, opt_state, loss = step(params, opt_state)
+  assert loss < 0.1, loss

@@ -40,6 +40,7 @@ def get_config(arg=None):
   c.optim.lr = lr
   c.train.num_steps = steps
   if opts.size == "tiny":
+    c.tokenizer.model_type = "bpe"  # trains in a fraction of a second
     c.optim.warmup_steps = 5
     c.train.log_every = 5
     c.train.eval_every = 10

@@ -25,13 +25,29 @@ def make(**kw):
 
 
 def tokens(seed=0, shape=(B, L)):
-  return jax.random.randint(jax.random.key(seed), shape, 1, V)
+  # numpy, not jax.random: every new shape would cost an XLA compile.
+  return jnp.asarray(np.random.default_rng(seed).integers(1, V, shape), jnp.int32)
+
+
+def restack(params, num_layers=2):
+  """Unrolled params (block_0, block_1, ..) -> the scanned layout (blocks with a leading layer axis)."""
+  params = nn.meta.unbox(params)
+  stacked = {k: v for k, v in params.items() if not k.startswith("block_")}
+  layers = [params[f"block_{i}"] for i in range(num_layers)]
+  stacked["blocks"] = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *layers)
+  return stacked
 
 
 @functools.lru_cache(maxsize=None)
 def init(model):
-  # Jitted (eager init of a scanned model is slow) and with the rbg PRNG, which compiles ~2x faster
-  # than threefry; test time is dominated by XLA compiles.
+  """Params of a tiny model; test time is dominated by XLA compiles, so they are kept down.
+
+  Scanned models get the restacked params of their unrolled twin (one init compile for both, and
+  identical weights); init is jitted with the rbg PRNG, which compiles ~2x faster than threefry.
+  """
+  if model.config.scan_layers:
+    unrolled = Transformer(dataclasses.replace(model.config, scan_layers=False, remat="none"))
+    return restack(init(unrolled), model.config.num_layers)
   return jitted(model.init)(jax.random.key(0, impl="rbg"), tokens())["params"]
 
 
@@ -83,22 +99,21 @@ def test_segments_are_isolated(positions):
   model = make(positions=positions)
   params = init(model)
   seg2 = tokens(1, (1, 5))
-  # Row: 4 tokens of segment 1, 5 of segment 2, 3 of padding (segment 0).
-  segment_ids = jnp.array([[1] * 4 + [2] * 5 + [0] * 3])
-  rows = [jnp.concatenate([tokens(s, (1, 4)), seg2, jnp.zeros((1, 3), jnp.int32)], 1) for s in (2, 3)]
-  explicit = jnp.array([list(range(4)) + list(range(5)) + list(range(3))])
-  outs = [forward(model, params, r, segment_ids, pos) for r in rows for pos in (None, explicit)]
-  alone = forward(model, params, seg2)
-  for out in outs:
+  # Two packed rows: 4 tokens of segment 1 (different in each row), the same 5 tokens of segment 2,
+  # then 3 of padding (segment 0).
+  rows = jnp.concatenate([tokens(2, (2, 4)), jnp.tile(seg2, (2, 1)), jnp.zeros((2, 3), jnp.int32)], 1)
+  segment_ids = jnp.array([[1] * 4 + [2] * 5 + [0] * 3] * 2)
+  explicit = jnp.array([list(range(4)) + list(range(5)) + list(range(3))] * 2)
+  # Segment 2 alone, positions 0..4; right padding cannot change it (causality).
+  alone = forward(model, params, jnp.pad(jnp.tile(seg2, (2, 1)), ((0, 0), (0, L - 5))))[:, :5]
+  for positions_BL in (None, explicit):  # None: derived from the segment ids
+    out = forward(model, params, rows, segment_ids, positions_BL)
     np.testing.assert_allclose(out[:, 4:9], alone, atol=1e-5)
-  assert not np.allclose(outs[0][:, :4], outs[2][:, :4])
+    assert not np.allclose(out[0, :4], out[1, :4])
 
 
-def decode_one_by_one(model, params, x, chunk=1):
-  if chunk == 1:  # the documented way...
-    cache = jitted(model.init, decode=True)(jax.random.key(0), jnp.zeros((x.shape[0], 16), jnp.int32))["cache"]
-  else:  # ...and the helper that skips computing it
-    cache = init_cache(model, x.shape[0], 16)
+def decode_one_by_one(model, params, x, chunk):
+  cache = init_cache(model, x.shape[0], 16)
   step = jitted(model.apply, decode=True, mutable="cache")
   outs, start = [], 0
   for size in [chunk] + [1] * (x.shape[1] - chunk):
@@ -109,38 +124,49 @@ def decode_one_by_one(model, params, x, chunk=1):
   return jnp.concatenate(outs, axis=1)
 
 
-@pytest.mark.parametrize("positions", ["rotary", "learned"])
-@pytest.mark.parametrize("scan", [False, True])
-def test_kv_cache_matches_full_forward(positions, scan):
+# chunk > 1: the first call feeds a whole prompt chunk, then single tokens follow.
+@pytest.mark.parametrize("positions,scan,chunk", [("rotary", False, 1), ("learned", False, 5),
+                                                  ("rotary", True, 5), ("learned", True, 1)])
+def test_kv_cache_matches_full_forward(positions, scan, chunk):
   model = make(positions=positions, scan_layers=scan)
   params, x = init(model), tokens()
-  full = forward(model, params, x)
-  np.testing.assert_allclose(decode_one_by_one(model, params, x), full, atol=1e-5)
-  # A prompt chunk of several tokens, then single tokens.
-  np.testing.assert_allclose(decode_one_by_one(model, params, x, chunk=5), full, atol=1e-5)
+  np.testing.assert_allclose(decode_one_by_one(model, params, x, chunk), forward(model, params, x),
+                             atol=1e-5)
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_cache_from_init(scan):
+  model = make(scan_layers=scan)
+  cache = jax.eval_shape(functools.partial(model.init, decode=True), jax.random.key(0),
+                         jnp.zeros((3, 16), jnp.int32))["cache"]
+  prefix = (2,) if scan else ()
+  for path, leaf in jax.tree_util.tree_leaves_with_path(cache):
+    name = jax.tree_util.keystr(path)
+    assert leaf.shape == (() if "index" in name else prefix + (3, 16, 2, 8)), name
+  assert jax.tree_util.tree_structure(cache) == jax.tree_util.tree_structure(init_cache(model, 3, 16))
 
 
 def test_scan_equals_unrolled_with_restacked_params():
   unrolled, scanned = make(positions="rotary"), make(positions="rotary", scan_layers=True)
-  params = nn.meta.unbox(init(unrolled))
-  stacked = {k: v for k, v in params.items() if not k.startswith("block_")}
-  stacked["blocks"] = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *[params[f"block_{i}"] for i in range(2)])
-  assert jax.tree_util.tree_structure(stacked) == jax.tree_util.tree_structure(
-      nn.meta.unbox(init(scanned)))
-  assert param_count(init(unrolled)) == param_count(init(scanned))
+  params, stacked = init(unrolled), restack(init(unrolled))
+  # The scanned model's own init has the same tree, shapes and partitioning names (+ 'layers').
+  own = jax.eval_shape(scanned.init, jax.random.key(0), tokens())["params"]
+  assert jax.tree_util.tree_map(jnp.shape, stacked) == jax.tree_util.tree_map(jnp.shape,
+                                                                               nn.meta.unbox(own))
+  assert param_count(params) == param_count(own)
   np.testing.assert_allclose(forward(scanned, stacked, tokens()), forward(unrolled, params, tokens()),
                              atol=1e-5)
 
 
-@pytest.mark.parametrize("scan,remat", [(False, "full"), (True, "dots")])
-def test_remat_keeps_outputs_and_grads(scan, remat):
+def test_remat_keeps_outputs_and_grads():
+  # Scan + full remat is exercised by test_overfits_one_batch.
   x = tokens()
   def loss_and_grad(model, params):
     loss = lambda p: jnp.mean(model.apply({"params": p}, x) ** 2)
     return jax.jit(jax.value_and_grad(loss))(params)
-  params = init(make(scan_layers=scan))
-  ref_loss, ref_grad = loss_and_grad(make(scan_layers=scan), params)
-  loss, grad = loss_and_grad(make(scan_layers=scan, remat=remat), params)
+  params = init(make())
+  ref_loss, ref_grad = loss_and_grad(make(), params)
+  loss, grad = loss_and_grad(make(remat="dots"), params)
   np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
   jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), grad, ref_grad)
 
@@ -200,8 +226,8 @@ def test_dropout_only_when_training():
   train = lambda seed: jitted(model.apply, deterministic=False)(
       {"params": params}, x, rngs={"dropout": jax.random.key(seed)})
   assert not np.allclose(train(0), train(1))
-  # With rate 0 training needs no dropout rng.
-  forward(make(), params, x, deterministic=False)
+  # With rate 0 training needs no dropout rng (tracing would fail without one).
+  jax.eval_shape(functools.partial(make().apply, deterministic=False), {"params": params}, x)
 
 
 def test_filter_logits():
@@ -254,9 +280,10 @@ def test_prompt_too_long_raises():
 
 
 def test_overfits_one_batch():
-  model = make(positions="rotary", norm="rmsnorm", mlp_activation="swiglu", use_bias=False)
+  model = make(positions="rotary", norm="rmsnorm", mlp_activation="swiglu", use_bias=False,
+               scan_layers=True, remat="full")
   x = tokens(5, (4, 16))
-  params = nn.meta.unbox(jax.jit(model.init)(jax.random.key(0), x)["params"])
+  params = nn.meta.unbox(init(model))
   opt = optax.adam(1e-2)
 
   @jax.jit

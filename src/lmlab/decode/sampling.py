@@ -41,8 +41,8 @@ def _next_token(logits_BV, rng, temperature, top_k, top_p):
   return jax.random.categorical(rng, logits_BV, axis=-1).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "temperature", "top_k", "top_p", "eos_id"))
-def _generate(model, params, buf_BT, lengths_B, rng, *, temperature, top_k, top_p, eos_id):
+@functools.partial(jax.jit, static_argnames=("model", "temperature", "top_k", "top_p"))
+def _generate(model, params, buf_BT, lengths_B, rng, eos_id, *, temperature, top_k, top_p):
   B, T = buf_BT.shape
   cache = init_cache(model, B, T)
 
@@ -59,8 +59,7 @@ def _generate(model, params, buf_BT, lengths_B, rng, *, temperature, top_k, top_
     in_prompt_B = t + 1 < lengths_B
     prompt_B = jax.lax.dynamic_index_in_dim(buf_BT, t + 1, axis=1, keepdims=False)
     next_B = jnp.where(in_prompt_B, prompt_B, sampled_B)
-    if eos_id is not None:
-      done_B = done_B | (~in_prompt_B & (next_B == eos_id))
+    done_B = done_B | (~in_prompt_B & (next_B == eos_id))
     buf_BT = jax.lax.dynamic_update_slice_in_dim(buf_BT, next_B[:, None], t + 1, axis=1)
     return t + 1, buf_BT, mutated["cache"], done_B
 
@@ -78,19 +77,22 @@ def sample(model: Transformer, params, prompts: list[list[int]], *, max_new_toke
   """
   if not prompts or any(len(p) == 0 for p in prompts):
     raise ValueError("sample() needs at least one prompt and every prompt needs >= 1 token (e.g. BOS).")
+  if temperature < 0:
+    raise ValueError(f"temperature = {temperature} must be >= 0 (0: greedy).")
   if max_new_tokens < 1:
     raise ValueError(f"max_new_tokens = {max_new_tokens} must be >= 1.")
   lengths = [len(p) for p in prompts]
   total = max(lengths) + max_new_tokens
   if total > model.config.max_len:
-    raise ValueError(f"Longest prompt ({max(lengths)} tokens) + max_new_tokens ({max_new_tokens}) = {total} "
-                     f"exceeds the model's max_len = {model.config.max_len}; shorten the prompt or "
-                     "generate fewer tokens.")
+    raise ValueError(f"Longest prompt ({max(lengths)} tokens) + max_new_tokens ({max_new_tokens}) = "
+                     f"{total} exceeds the model's max_len = {model.config.max_len}; shorten the prompt "
+                     "or generate fewer tokens.")
   buf = np.full((len(prompts), total), pad_id, np.int32)
   for row, prompt in zip(buf, prompts):
     row[:len(prompt)] = prompt
   out = _generate(model, nn.meta.unbox(params), jnp.asarray(buf), jnp.asarray(lengths, jnp.int32), rng,
-                  temperature=float(temperature), top_k=int(top_k), top_p=float(top_p), eos_id=eos_id)
+                  eos_id=jnp.int32(-1 if eos_id is None else eos_id),  # -1 matches no token
+                  temperature=float(temperature), top_k=int(top_k), top_p=float(top_p))
   out = np.asarray(out)
   results = []
   for row, n in zip(out, lengths):

@@ -92,6 +92,17 @@ def segment_positions(segment_ids_BL):
   return idx_L - jax.lax.cummax(start_BL, axis=1)
 
 
+def attention_mask(length: int, segment_ids_BL=None):
+  """Boolean [B|1, 1, L, L]: causal, and within one segment when segment ids are given.
+
+  Padding (segment 0) attends to earlier padding only, so no row is fully masked (no NaN).
+  """
+  mask_11LL = jnp.tril(jnp.ones((length, length), bool))[None, None]
+  if segment_ids_BL is None:
+    return mask_11LL
+  return mask_11LL & (segment_ids_BL[:, None, :, None] == segment_ids_BL[:, None, None, :])
+
+
 class Attention(nn.Module):
   """Causal multi-head self-attention with a fused QKV projection and an optional KV cache."""
   cfg: TransformerConfig
@@ -185,25 +196,20 @@ class Transformer(nn.Module):
     B, L = tokens_BL.shape
     cache_index = None
     if decode and self.has_variable("cache", "index"):
-      # Decoding step: queries sit at cache_index.., keys are all cache slots up to the query.
+      # Decoding step: the L queries sit at cache_index.., keys are the cache slots up to each query.
       index = self.variable("cache", "index", jnp.zeros, (), jnp.int32)
       cache_index = index.value
-      positions_BL = jnp.broadcast_to(cache_index + jnp.arange(L), (B, L))
-      S = self._cache_len()
-      mask_B1LS = (jnp.arange(S) <= positions_BL[:, None, :, None])
       index.value = cache_index + L
+      positions_BL = jnp.broadcast_to(cache_index + jnp.arange(L), (B, L))
+      mask_B1LS = jnp.arange(self._cache_len()) <= positions_BL[:, None, :, None]
     else:
-      if decode:  # init of the cache: create the index, run a normal forward pass
+      if decode:  # initializing the cache: create the index, then run a normal forward pass
         self.variable("cache", "index", jnp.zeros, (), jnp.int32)
-        segment_ids_BL = None
-      # Built once here and shared by all layers.
-      mask_B1LS = jnp.tril(jnp.ones((L, L), bool))[None, None]
-      if segment_ids_BL is not None:
-        mask_B1LS = mask_B1LS & (segment_ids_BL[:, None, :, None] == segment_ids_BL[:, None, None, :])
-        if positions_BL is None:
-          positions_BL = segment_positions(segment_ids_BL)
+        segment_ids_BL = positions_BL = None
+      mask_B1LS = attention_mask(L, segment_ids_BL)  # built once, shared by all layers
       if positions_BL is None:
-        positions_BL = jnp.broadcast_to(jnp.arange(L), (B, L))
+        positions_BL = (segment_positions(segment_ids_BL) if segment_ids_BL is not None
+                        else jnp.broadcast_to(jnp.arange(L), (B, L)))
 
     embed = nn.Embed(cfg.vocab_size, cfg.d_model, dtype=cfg.dtype,
                      embedding_init=_init(("vocab", "embed")), name="embed")
@@ -241,7 +247,7 @@ class Transformer(nn.Module):
     return jnp.einsum("bld,dv->blv", x_BLD, w_DV.astype(cfg.dtype), preferred_element_type=jnp.float32)
 
   def _cache_len(self) -> int:
-    # The cache length is the length of the init input; read it off any layer's cached keys [.., B, S, H, K].
+    # The cache length is the init input's length; read it off any layer's cached keys [.., B, S, H, K].
     leaves = jax.tree_util.tree_leaves_with_path(self.variables["cache"])
     return next(x.shape[-3] for path, x in leaves if "cached_key" in jax.tree_util.keystr(path))
 

@@ -6,6 +6,7 @@ derived from (seed, step), so restoring the state resumes the run exactly.
 """
 
 import os
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -37,6 +38,20 @@ def save(manager: ocp.CheckpointManager, state, record: dict) -> None:
                                              record=ocp.args.JsonSave(record)), force=True)
 
 
+def _ignore_orphaned_reads() -> None:
+  """After a failed restore, orbax has closed its event loop while tensorstore reads of other arrays are
+  still in flight; each one finishing then reports 'Event loop is closed' from a worker thread. Those
+  reports carry no information beyond the error we raise, so they are dropped."""
+  previous = sys.unraisablehook
+
+  def hook(unraisable):
+    if not (isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in
+            str(unraisable.exc_value)):
+      previous(unraisable)
+
+  sys.unraisablehook = hook
+
+
 def restore(manager: ocp.CheckpointManager, abstract_state, step: int | None = None):
   """Restores (state, record) at `step` (default latest) onto the shardings in `abstract_state`.
 
@@ -49,6 +64,7 @@ def restore(manager: ocp.CheckpointManager, abstract_state, step: int | None = N
     restored = manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state), record=ocp.args.JsonRestore()))
   except Exception as e:  # orbax raises many types; all mean the same thing to the user.
+    _ignore_orphaned_reads()
     raise CheckpointError(
         f"Cannot restore the checkpoint {where}: {type(e).__name__}: {e}\nIt was written by a different "
         "model/optimizer config or is damaged. Resume with the config it was written with, or move that "

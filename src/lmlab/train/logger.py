@@ -38,14 +38,15 @@ class MetricsLogger:
 
   def train_progress(self, step: int, metrics: dict) -> None:
     """Logs train metrics with throughput, and prints step, loss, lr, tokens/s and ETA."""
+    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}  # waits for `step` to finish
     now = time.perf_counter()
     seconds_per_step = (now - self._last_time) / max(step - self._last_step, 1)
     self._last_time, self._last_step = now, step
     metrics = dict(metrics, tokens_per_s=self.tokens_per_step / seconds_per_step)
     self.write(step, metrics)
     eta = seconds_per_step * (self.num_steps - step)
-    self.print(f"step {step:6d}/{self.num_steps} | loss {float(metrics['loss']):.4f} | "
-               f"lr {float(metrics['lr']):.2e} | {metrics['tokens_per_s']:,.0f} tok/s | "
+    self.print(f"step {step:6d}/{self.num_steps} | loss {metrics['loss']:.4f} | "
+               f"lr {metrics['lr']:.2e} | {metrics['tokens_per_s']:,.0f} tok/s | "
                f"ETA {eta // 60:.0f}m{eta % 60:02.0f}s")
 
   def print(self, text: str) -> None:

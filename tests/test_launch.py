@@ -1,0 +1,121 @@
+"""End to end through launch.py on the tiny preset: train, resume with identical losses, sample, errors."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = [f"--config={ROOT}/experiments/gpt.py:size=tiny", "--config.train.log_every=1"]
+
+
+def launch(args, data_dir, devices=1, check=True):
+  env = dict(os.environ, TFDS_DATA_DIR=data_dir,
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  proc = subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"), *args], env=env, cwd=ROOT,
+                        capture_output=True, text=True, timeout=600)
+  if check and proc.returncode:
+    raise AssertionError(f"launch.py {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr[-4000:]}")
+  return proc
+
+
+def train_losses(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  return {r["step"]: r["loss"] for r in rows if r["split"] == "train"}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, bbc_data_dir):
+  workdir = str(tmp_path_factory.mktemp("runs") / "tiny")
+  proc = launch([*TINY, f"--workdir={workdir}"], bbc_data_dir, devices=2)
+  return workdir, proc.stdout
+
+
+def test_train_writes_metrics_checkpoints_and_samples(tiny_run):
+  workdir, stdout = tiny_run
+  assert f"Work directory: {workdir}" in stdout and "step     20/20 | loss" in stdout
+  assert "over 2 cpu devices" in stdout
+  with open(os.path.join(workdir, "metrics.json")) as f:
+    summary = json.load(f)
+  assert summary["step"] == 20 and summary["parameters"] > 0
+  losses = train_losses(workdir)
+  assert sorted(losses) == list(range(1, 21))
+  assert losses[20] < losses[1] - 0.5, "training must reduce the loss"
+  assert 0 < summary["validation"]["loss"] < losses[1]
+  assert summary["validation"]["perplexity"] == pytest.approx(2.718281828 ** summary["validation"]["loss"], rel=1e-6)
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["10", "20"]
+  assert os.listdir(os.path.join(workdir, "tensorboard"))
+  assert os.path.exists(os.path.join(workdir, "tokenizer.model"))
+  assert stdout.count("sample: ") == 2
+
+
+def test_resume_repeats_the_uninterrupted_losses(tiny_run, tmp_path, bbc_data_dir):
+  workdir, _ = tiny_run
+  resumed = str(tmp_path / "resumed")
+  shutil.copytree(workdir, resumed)
+  # Pretend the run died after the checkpoint at step 10.
+  shutil.rmtree(os.path.join(resumed, "checkpoints", "20"))
+  with open(os.path.join(resumed, "metrics.jsonl")) as f:
+    rows = [line for line in f if json.loads(line)["step"] <= 10]
+  with open(os.path.join(resumed, "metrics.jsonl"), "w") as f:
+    f.writelines(rows)
+  stdout = launch([*TINY, f"--workdir={resumed}"], bbc_data_dir, devices=2).stdout
+  assert "Resumed from step 10" in stdout
+  expected, got = train_losses(workdir), train_losses(resumed)
+  assert sorted(got) == list(range(1, 21))
+  for step in range(11, 21):
+    assert got[step] == pytest.approx(expected[step], rel=1e-5), step
+
+
+def test_sample_command_is_reproducible(tiny_run, bbc_data_dir):
+  workdir, _ = tiny_run
+  args = ["sample", f"--workdir={workdir}", "--prompt=The government", "--prompt=Shares",
+          "--max_new_tokens=6", "--seed=3"]
+  first = launch(args, bbc_data_dir).stdout
+  assert first.count("The government -> ") == 1 and first.count("Shares -> ") == 1
+  assert launch(args, bbc_data_dir).stdout == first
+  greedy = launch([*args[:4], "--temperature=0"], bbc_data_dir).stdout
+  assert greedy.count(" -> ") == 2
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config.model.num_heads=3"], "not divisible by config.model.num_heads = 3"),
+    (["--config.mesh.fsdp=3"], "does not fit 1 devices"),
+    (["bogus"], "Unknown command 'bogus'"),
+    (["sample"], "is not an lmlab work directory"),
+])
+def test_bad_input_fails_before_compute(args, message, tmp_path, bbc_data_dir):
+  workdir = tmp_path / "never"
+  proc = launch([*TINY, f"--workdir={workdir}", *args], bbc_data_dir, check=False)
+  assert proc.returncode != 0
+  assert message in proc.stderr
+  assert not workdir.exists()
+
+
+def test_resuming_with_another_model_is_refused(tiny_run, bbc_data_dir):
+  workdir, _ = tiny_run
+  proc = launch([*TINY, f"--workdir={workdir}", "--config.model.d_model=32"], bbc_data_dir, check=False)
+  assert proc.returncode != 0 and "different config.model" in proc.stderr
+
+
+def test_damaged_checkpoint_is_reported_and_kept(tiny_run, tmp_path, bbc_data_dir):
+  workdir, _ = tiny_run
+  damaged = str(tmp_path / "damaged")
+  shutil.copytree(workdir, damaged)
+  for folder, _, names in os.walk(os.path.join(damaged, "checkpoints", "20", "state")):
+    for name in names:  # flip bytes in the middle of every array-data file
+      path = os.path.join(folder, name)
+      if os.path.basename(folder) == "d":
+        data = bytearray(open(path, "rb").read())
+        mid = len(data) // 2
+        data[mid:mid + 64] = bytes(b ^ 0xFF for b in data[mid:mid + 64])
+        open(path, "wb").write(bytes(data))
+  proc = launch([*TINY, f"--workdir={damaged}"], bbc_data_dir, check=False)
+  assert proc.returncode != 0
+  assert "Cannot restore the checkpoint" in proc.stderr and "checkpoints/20" in proc.stderr
+  assert "Event loop is closed" not in proc.stderr
+  assert sorted(os.listdir(os.path.join(damaged, "checkpoints"))) == ["10", "20"]  # nothing deleted

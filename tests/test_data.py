@@ -180,9 +180,9 @@ def test_text_file_errors(text_corpus, tmp_path):
 # tokenizer
 
 
-def tokenizer_config(vocab_size=300, model_type="unigram"):
+def tokenizer_config(vocab_size=300, model_type="unigram", num_sentinels=100):
   cfg = config.default_config().tokenizer
-  cfg.vocab_size, cfg.model_type = vocab_size, model_type
+  cfg.vocab_size, cfg.model_type, cfg.num_sentinels = vocab_size, model_type, num_sentinels
   return cfg
 
 
@@ -204,6 +204,12 @@ def test_tokenizer_round_trip(small_tokenizer):
   assert (tokenizer.PAD_ID, tokenizer.UNK_ID, tokenizer.BOS_ID, tokenizer.EOS_ID) == (0, 1, 2, 3)
   text = "The government said shares in the company rose by 5% to $1.2bn on Tuesday."
   assert sp.decode(sp.encode(text)) == text
+  # The reserved pieces sit at fixed ids, and their strings in text encode to them.
+  assert [sp.id_to_piece(i) for i in (4, 5, 6, 7, 106)] == ["[CLS]", "[SEP]", "[MASK]", "<extra_id_0>",
+                                                            "<extra_id_99>"]
+  ids = sp.encode("Shares [MASK] sharply<extra_id_3>")
+  assert tokenizer.MASK_ID in ids and tokenizer.FIRST_SENTINEL_ID + 3 in ids
+  assert tokenizer.num_special_ids(100) == 107
   assert os.listdir(os.path.dirname(path)) == ["tokenizer.model"]  # no temp file left behind
 
 
@@ -217,6 +223,8 @@ def test_tokenizer_reloads_without_training(small_tokenizer):
   assert again.serialized_model_proto() == sp.serialized_model_proto()
   with pytest.raises(ValueError, match=r"config\.tokenizer\.vocab_size.*new workdir"):
     tokenizer.load_or_train(path, no_texts, tokenizer_config(vocab_size=512))
+  with pytest.raises(ValueError, match=r"num_sentinels = 10 .*new workdir"):
+    tokenizer.load_or_train(path, no_texts, tokenizer_config(num_sentinels=10))
 
 
 def test_tokenizer_vocab_too_large(small_docs, tmp_path):
@@ -231,7 +239,7 @@ def test_tokenizer_long_lines_reach_the_trainer(tmp_path):
   assert all(len(p.encode("utf-8")) < tokenizer.MAX_PIECE_BYTES for p in pieces)
   assert " ".join(pieces[:-1]) == line and pieces[-1] == "short line"
   # Trained on the long line alone: without the split, sentencepiece would see no sentence at all.
-  sp = tokenizer.load_or_train(str(tmp_path / "t.model"), lambda: [line], tokenizer_config(18))
+  sp = tokenizer.load_or_train(str(tmp_path / "t.model"), lambda: [line], tokenizer_config(21, num_sentinels=0))
   assert tokenizer.UNK_ID not in sp.encode("w7x w49x")
   assert len(list(tokenizer.training_lines(["y" * 5000]))) == 6  # a single overlong word is cut too
 

@@ -75,6 +75,8 @@ def default_config() -> ConfigDict:
   t.character_coverage = 0.9995
   # Maximum number of training paragraphs fed to sentencepiece (0: all).
   t.max_sentences = 0
+  # T5 sentinel pieces <extra_id_0..N-1> reserved after [CLS] [SEP] [MASK] (ids 7..6+N), for span corruption.
+  t.num_sentinels = 100
 
   c.model = m = ConfigDict()
   # Number of Transformer blocks.
@@ -213,7 +215,7 @@ def validate(cfg: ConfigDict, num_devices: int | None = None, process_count: int
   positive("data.seq_len", "data.batch_size", "tokenizer.vocab_size", "model.num_layers", "model.d_model",
            "model.num_heads", "model.mlp_dim", "optim.lr", "optim.grad_accum_steps", "train.num_steps",
            "train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "sample.max_new_tokens")
-  positive("optim.warmup_steps", "optim.weight_decay", "optim.grad_clip", "train.eval_every",
+  positive("tokenizer.num_sentinels", "optim.warmup_steps", "optim.weight_decay", "optim.grad_clip", "train.eval_every",
            "train.eval_batches", "sample.temperature", "sample.top_k", "data.prefetch", allow_zero=True)
   m, d, o = cfg.model, cfg.data, cfg.optim
   if m.d_model % m.num_heads:
@@ -230,9 +232,11 @@ def validate(cfg: ConfigDict, num_devices: int | None = None, process_count: int
     raise ConfigError(f"config.optim.final_lr_fraction = {o.final_lr_fraction} must be in [0, 1].")
   if not (0.0 <= o.b1 < 1.0 and 0.0 <= o.b2 < 1.0):
     raise ConfigError("config.optim.b1 and config.optim.b2 must be in [0, 1).")
-  if cfg.tokenizer.vocab_size < 8:
-    raise ConfigError(f"config.tokenizer.vocab_size = {cfg.tokenizer.vocab_size} is too small (ids 0-3 are "
-                      "reserved); use at least 8.")
+  reserved = 7 + cfg.tokenizer.num_sentinels
+  if cfg.tokenizer.vocab_size < reserved + 8:
+    raise ConfigError(f"config.tokenizer.vocab_size = {cfg.tokenizer.vocab_size} is too small: ids 0-{reserved - 1} "
+                      f"are special (pad, unk, bos, eos, [CLS], [SEP], [MASK] and config.tokenizer.num_sentinels "
+                      f"= {cfg.tokenizer.num_sentinels} sentinels); use at least {reserved + 8}.")
   if d.source == "text_files" and not d.text_glob:
     raise ConfigError("config.data.source = 'text_files' needs config.data.text_glob, e.g. 'corpus/*.txt'.")
   if not 0 < d.text_eval_percent < 100:

@@ -10,6 +10,21 @@ import sentencepiece as spm
 
 # Fixed special ids: padding must be 0 because packed rows pad with zeros.
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+# Reserved pieces every lmlab tokenizer has, right after those (sentencepiece user-defined symbols, so the
+# strings "[MASK]" or "<extra_id_0>" in text encode to these ids): BERT's [CLS] [SEP] [MASK], then
+# config.tokenizer.num_sentinels T5 sentinels <extra_id_0>, <extra_id_1>, ... from FIRST_SENTINEL_ID on.
+CLS_ID, SEP_ID, MASK_ID, FIRST_SENTINEL_ID = 4, 5, 6, 7
+RESERVED_PIECES = ("[CLS]", "[SEP]", "[MASK]")
+
+
+def sentinel_pieces(num_sentinels: int) -> list[str]:
+  return [f"<extra_id_{i}>" for i in range(num_sentinels)]
+
+
+def num_special_ids(num_sentinels: int) -> int:
+  """Ids below this are special (pad, unk, bos, eos, reserved pieces, sentinels): never masked or sampled
+  as random replacements."""
+  return FIRST_SENTINEL_ID + num_sentinels
 
 # sentencepiece silently drops training sentences longer than max_sentence_length (4,192 bytes);
 # longer lines are cut on whitespace into pieces below this many bytes.
@@ -20,6 +35,14 @@ def load_or_train(path: str, texts: Callable[[], Iterable[str]], tok_cfg) -> spm
   """Loads the model at `path`, or trains one on `texts()` (documents) and saves it there first."""
   if os.path.exists(path):
     sp = spm.SentencePieceProcessor(model_file=path)
+    expected = list(RESERVED_PIECES) + sentinel_pieces(tok_cfg.num_sentinels)
+    # One piece past the expected ones too: a tokenizer with more sentinels must not pass either.
+    found = [sp.id_to_piece(i) for i in range(CLS_ID, min(CLS_ID + len(expected) + 1, sp.get_piece_size()))]
+    if found[:len(expected)] != expected or sentinel_pieces(tok_cfg.num_sentinels + 1)[-1] in found:
+      raise ValueError(
+          f"The tokenizer {path} does not reserve [CLS] [SEP] [MASK] and config.tokenizer.num_sentinels = "
+          f"{tok_cfg.num_sentinels} sentinels at ids {CLS_ID}..: it was trained by another lmlab version or "
+          "config; use a new workdir.")
     if sp.get_piece_size() != tok_cfg.vocab_size:
       raise ValueError(
           f"The tokenizer {path} has {sp.get_piece_size()} pieces but config.tokenizer.vocab_size = "
@@ -80,6 +103,7 @@ def _train(docs: Iterable[str], tok_cfg) -> bytes:
         model_type=tok_cfg.model_type,
         character_coverage=tok_cfg.character_coverage,
         pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
+        user_defined_symbols=list(RESERVED_PIECES) + sentinel_pieces(tok_cfg.num_sentinels),
         num_threads=os.cpu_count() or 1,
         input_sentence_size=tok_cfg.max_sentences,  # 0: all sentences.
         shuffle_input_sentence=tok_cfg.max_sentences > 0,

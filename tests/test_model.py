@@ -216,7 +216,10 @@ def test_from_config():
   cfg.model.dtype = "bfloat16"
   tc = TransformerConfig.from_config(cfg.model, vocab_size=100, max_len=64)
   assert (tc.vocab_size, tc.max_len, tc.dtype, tc.d_model) == (100, 64, jnp.bfloat16, cfg.model.d_model)
-  assert {f.name for f in dataclasses.fields(tc)} == set(cfg.model) | {"vocab_size", "max_len"}
+  derived = {"vocab_size", "max_len", "causal", "num_token_types", "mlm_head", "nsp_head"}
+  assert {f.name for f in dataclasses.fields(tc)} - derived <= set(cfg.model)
+  encoder = TransformerConfig.from_config(cfg.model, 100, 64, causal=False, nsp_head=True)
+  assert not encoder.causal and encoder.nsp_head and encoder.d_model == cfg.model.d_model
 
 
 def test_dropout_only_when_training():
@@ -299,3 +302,54 @@ def test_overfits_one_batch():
   for _ in range(200):
     params, opt_state, loss = step(params, opt_state)
   assert loss < 0.1, loss
+
+
+def changed_positions(model, params, x, t, **kw):
+  """Positions whose logits change when token t changes."""
+  y = x.at[:, t].set((x[:, t] + 1) % V)
+  a, b = forward(model, params, x, **kw), forward(model, params, y, **kw)
+  return [i for i in range(x.shape[1]) if not np.allclose(a[:, i], b[:, i])]
+
+
+def test_prefix_lm_is_bidirectional_over_the_prefix_only():
+  model = make()
+  params, x = init(model), tokens()
+  segment_ids = jnp.array([[1] * 7 + [2] * 5] * B)
+  # Segment 1: prefix 0..3, suffix 4..6; segment 2: prefix 7..8, suffix 9..11.
+  prefix = jnp.array([[1] * 4 + [0] * 3 + [1] * 2 + [0] * 3] * B)
+  fwd = jitted(model.apply)
+  run = lambda x: fwd({"params": params}, x, segment_ids, prefix_BL=prefix)
+
+  def changed(t):
+    y = x.at[:, t].set((x[:, t] + 1) % V)
+    return [i for i in range(L) if not np.allclose(run(x)[:, i], run(y)[:, i])]
+  assert changed(2) == list(range(0, 7))  # a prefix token is seen by the whole prefix and the suffix
+  assert changed(5) == [5, 6]  # a suffix token only by itself and later ones
+  assert changed(8) == list(range(7, 12))  # never across the segment boundary
+  # Without a prefix the model is causal.
+  no_prefix = fwd({"params": params}, x, segment_ids, prefix_BL=jnp.zeros_like(prefix))
+  np.testing.assert_allclose(no_prefix, forward(model, params, x, segment_ids), atol=1e-6)
+
+
+def test_encoder_attends_both_ways_within_a_segment():
+  model = make(causal=False)
+  params, x = init(model), tokens()
+  assert changed_positions(model, params, x, 6) == list(range(L))
+  segment_ids = jnp.array([[1] * 5 + [2] * 7] * B)
+  y = x.at[:, 8].set((x[:, 8] + 1) % V)
+  a, b = forward(model, params, x, segment_ids), forward(model, params, y, segment_ids)
+  np.testing.assert_array_equal(a[:, :5], b[:, :5])
+  assert not np.allclose(a[:, 5:8], b[:, 5:8])
+
+
+def test_bert_heads():
+  model = make(causal=False, num_token_types=2, mlm_head=True, nsp_head=True)
+  x = tokens()
+  variables = jax.jit(model.init)(jax.random.key(0), x)
+  assert {"token_type_embed", "mlm_dense", "mlm_norm", "output_bias", "pooler", "nsp"} <= set(variables["params"])
+  types = jnp.array([[0] * 6 + [1] * 6] * B)
+  apply = jax.jit(lambda v, x, t: model.apply(v, x, token_types_BL=t))
+  logits, nsp = apply(variables, x, types)
+  assert logits.shape == (B, L, V) and nsp.shape == (B, 2) and nsp.dtype == jnp.float32
+  other_logits, _ = apply(variables, x, jnp.zeros_like(types))
+  assert not np.allclose(logits, other_logits)  # token types are used

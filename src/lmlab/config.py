@@ -12,6 +12,9 @@ ConfigDict = ml_collections.ConfigDict
 
 # Allowed values of the string-valued choices.
 CHOICES = {
+    "model.family": ("decoder", "encoder", "rnn", "ngram"),
+    "model.rnn_cell": ("lstm", "gru"),
+    "objective.name": ("causal_lm", "prefix_lm", "mlm", "mlm_nsp"),
     "data.source": ("tfds", "text_files"),
     "data.text_unit": ("file", "paragraph", "line"),
     "tokenizer.model_type": ("unigram", "bpe", "char"),
@@ -20,6 +23,15 @@ CHOICES = {
     "model.mlp_activation": ("gelu", "swiglu"),
     "model.dtype": ("float32", "bfloat16"),
     "model.remat": ("none", "full", "dots"),
+}
+
+
+# The objectives each model family trains with (config.model.family -> config.objective.name).
+OBJECTIVES = {
+    "decoder": ("causal_lm", "prefix_lm"),
+    "encoder": ("mlm", "mlm_nsp"),
+    "rnn": ("causal_lm", "mlm"),  # mlm: a bidirectional LSTM/GRU
+    "ngram": ("causal_lm",),
 }
 
 
@@ -79,7 +91,13 @@ def default_config() -> ConfigDict:
   t.num_sentinels = 100
 
   c.model = m = ConfigDict()
-  # Number of Transformer blocks.
+  # Model family: decoder (GPT), encoder (BERT), rnn (LSTM/GRU LM) or ngram (Kneser-Ney baseline).
+  m.family = "decoder"
+  # Recurrent cell of the rnn family: lstm or gru.
+  m.rnn_cell = "lstm"
+  # Order of the ngram family (3: trigrams).
+  m.ngram_order = 4
+  # Number of Transformer blocks (recurrent layers for rnn).
   m.num_layers = 4
   # Width of the residual stream.
   m.d_model = 256
@@ -107,6 +125,22 @@ def default_config() -> ConfigDict:
   m.scan_layers = False
   # Rematerialization of each block in the backward pass: none, full or dots (save matmul outputs).
   m.remat = "none"
+
+  c.objective = ob = ConfigDict()
+  # Pretraining objective (see OBJECTIVES for the families each one trains): causal_lm, prefix_lm,
+  # mlm (masked LM) or mlm_nsp (masked LM + next-sentence prediction).
+  ob.name = "causal_lm"
+  # prefix_lm: the prefix is this fraction of each document piece; 0: a uniformly random split point.
+  ob.prefix_fraction = 0.0
+  # mlm: fraction of the maskable (real, non-special) tokens selected for prediction.
+  ob.mask_rate = 0.15
+  # mlm: of the selected tokens, the fraction replaced by [MASK] and by a random token (the rest unchanged).
+  ob.mask_token_rate = 0.8
+  ob.random_token_rate = 0.1
+  # mlm: select whole words (a sentencepiece word-start piece and its continuation pieces).
+  ob.whole_word = False
+  # mlm_nsp: weight of the next-sentence loss added to the masked-LM loss.
+  ob.nsp_weight = 1.0
 
   c.optim = o = ConfigDict()
   # Peak learning rate.
@@ -157,6 +191,53 @@ def default_config() -> ConfigDict:
   s.top_k = 40
   # Keep the smallest set of tokens with this total probability (1.0: off).
   s.top_p = 0.95
+  return c
+
+
+# The shared size presets of the experiment files:
+# name: (layers, d_model, heads, mlp_dim, seq_len, batch, vocab, steps, lr)
+SIZES = {
+    "tiny": (2, 64, 2, 256, 64, 8, 512, 20, 3e-3),
+    "small": (4, 256, 4, 1024, 128, 32, 4096, 300, 3e-3),
+    "base": (12, 768, 12, 3072, 1024, 256, 16384, 20000, 6e-4),
+}
+
+
+def sized_config(name: str, size: str) -> ConfigDict:
+  """default_config() at one of SIZES: tiny runs in seconds (tests), small is the CPU default (about
+  1.2M tokens seen), base is GPT-2-small / BERT-base scale for accelerators (bfloat16, scanned layers,
+  FSDP)."""
+  if size not in SIZES:
+    raise ConfigError(f"Unknown size {size!r}; sizes are {', '.join(SIZES)}.")
+  layers, d_model, heads, mlp_dim, seq_len, batch, vocab, steps, lr = SIZES[size]
+  c = default_config()
+  c.name = f"{name}_{size}"
+  c.data.seq_len, c.data.batch_size = seq_len, batch
+  c.tokenizer.vocab_size = vocab
+  c.model.num_layers, c.model.d_model, c.model.num_heads, c.model.mlp_dim = layers, d_model, heads, mlp_dim
+  c.optim.lr = lr
+  c.train.num_steps = steps
+  if size == "tiny":
+    c.tokenizer.model_type = "bpe"  # trains in a fraction of a second
+    c.tokenizer.num_sentinels = 20
+    c.optim.warmup_steps = 5
+    c.train.log_every = 5
+    c.train.eval_every = 10
+    c.train.eval_batches = 4
+    c.train.checkpoint_every = 10
+    c.sample.max_new_tokens = 8
+  if size == "base":
+    c.model.dtype = "bfloat16"
+    c.model.scan_layers = True
+    c.model.remat = "dots"
+    c.model.dropout_rate = 0.1
+    c.optim.warmup_steps = 1000
+    c.train.log_every = 50
+    c.train.eval_every = 1000
+    c.train.eval_batches = 50
+    c.train.checkpoint_every = 1000
+    c.mesh.fsdp = -1
+    c.mesh.data = 1
   return c
 
 
@@ -218,6 +299,22 @@ def validate(cfg: ConfigDict, num_devices: int | None = None, process_count: int
   positive("tokenizer.num_sentinels", "optim.warmup_steps", "optim.weight_decay", "optim.grad_clip", "train.eval_every",
            "train.eval_batches", "sample.temperature", "sample.top_k", "data.prefetch", allow_zero=True)
   m, d, o = cfg.model, cfg.data, cfg.optim
+  if cfg.objective.name not in OBJECTIVES[m.family]:
+    pairs = "; ".join(f"{family}: {', '.join(names)}" for family, names in OBJECTIVES.items())
+    raise ConfigError(f"config.objective.name = {cfg.objective.name!r} does not train config.model.family = "
+                      f"{m.family!r}. Valid pairs are {pairs}.")
+  ob = cfg.objective
+  if not 0.0 <= ob.prefix_fraction < 1.0:
+    raise ConfigError(f"config.objective.prefix_fraction = {ob.prefix_fraction} must be in [0, 1) (0: random).")
+  if not 0.0 < ob.mask_rate < 1.0:
+    raise ConfigError(f"config.objective.mask_rate = {ob.mask_rate} must be in (0, 1).")
+  if not (ob.mask_token_rate >= 0 and ob.random_token_rate >= 0
+          and ob.mask_token_rate + ob.random_token_rate <= 1.0):
+    raise ConfigError(f"config.objective.mask_token_rate = {ob.mask_token_rate} and random_token_rate = "
+                      f"{ob.random_token_rate} must be >= 0 and sum to at most 1.")
+  if m.family == "ngram" and not (1 <= m.ngram_order and cfg.tokenizer.vocab_size ** m.ngram_order < 2**63):
+    raise ConfigError(f"config.model.ngram_order = {m.ngram_order} must be >= 1 and keep "
+                      f"config.tokenizer.vocab_size ** order < 2**63 (int64 n-gram keys); lower it.")
   if m.d_model % m.num_heads:
     raise ConfigError(f"config.model.d_model = {m.d_model} is not divisible by config.model.num_heads = "
                       f"{m.num_heads}; pick a head count that divides it.")

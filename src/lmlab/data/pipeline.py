@@ -6,7 +6,7 @@ A packed set is a dict of int32 [R, L] numpy arrays (R rows of L = seq_len token
   positions    0, 1, ... within each segment; 0 in padding.
 """
 
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import tensorflow as tf
@@ -46,19 +46,26 @@ def num_tokens(packed: dict) -> int:
   return int(np.count_nonzero(packed["segment_ids"]))
 
 
-def train_dataset(packed: dict, batch_size: int, seed: int, start_step: int = 0, process_index: int = 0,
-                  prefetch: int = 2) -> tf.data.Dataset:
+Transform = Callable[[dict, np.random.Generator], dict]
+
+
+def train_dataset(rows: dict, batch_size: int, seed: int, start_step: int = 0, process_index: int = 0,
+                  prefetch: int = 2, transform: Transform | None = None, spec: dict | None = None
+                  ) -> tf.data.Dataset:
   """Endless batches of `batch_size` rows (this process's share of the global batch), reshuffled every
   epoch. Batch `step` is a pure function of (seed, step, process_index): resuming at start_step yields
   exactly what an uninterrupted run would have, without replaying earlier batches.
 
+  `rows` is a dict of arrays with a common leading axis R (packed rows, or an objective's pair rows).
   Example i (= step * batch_size + b) is row index_shuffle(i % R, seed=[seed, i // R, process_index]):
-  a stateless permutation of the R rows per epoch, so every row is seen once per epoch.
+  a stateless permutation of the R rows per epoch, so every row is seen once per epoch. The objective's
+  `transform(batch, rng)` (numpy) then runs with rng = transform_rng(seed, step, process_index); `spec`
+  gives its outputs' {name: (shape, dtype)}.
   """
-  num_rows = packed["tokens"].shape[0]
+  num_rows = _num_rows(rows)
   if num_rows == 0:
-    raise ValueError("train_dataset needs at least one packed row; the training split has no tokens.")
-  rows_RL = {key: tf.constant(packed[key], tf.int32) for key in KEYS}
+    raise ValueError("train_dataset needs at least one row; the training split has no tokens.")
+  rows_R = {key: tf.constant(value) for key, value in rows.items()}
 
   def gather_batch(index_B):
     epoch_B = index_B // num_rows
@@ -69,32 +76,58 @@ def train_dataset(packed: dict, batch_size: int, seed: int, start_step: int = 0,
     row_B = tf.raw_ops.RandomIndexShuffle(
         index=index_B % num_rows, seed=seed_B3,
         max_index=tf.fill(tf.shape(index_B), tf.constant(num_rows - 1, tf.int64)), rounds=4)
-    return {key: tf.gather(rows, row_B) for key, rows in rows_RL.items()}
+    return index_B[0] // batch_size, {key: tf.gather(value, row_B) for key, value in rows_R.items()}
 
   # Batch the indices first: one vectorized shuffle + gather per batch is much cheaper than per row.
   ds = tf.data.Dataset.range(start_step * batch_size, 2**62)
   ds = ds.batch(batch_size, drop_remainder=True)
   ds = ds.map(gather_batch, num_parallel_calls=tf.data.AUTOTUNE)
+  if transform is None:
+    ds = ds.map(lambda step, batch: batch)
+  else:
+    names = sorted(spec)
+
+    def run(step, *values):
+      batch = dict(zip(sorted(rows_R), values))
+      out = transform(batch, transform_rng(seed, int(step), process_index))
+      return [np.asarray(out[name], spec[name][1]) for name in names]
+
+    def apply(step, batch):
+      outs = tf.numpy_function(run, [step] + [batch[key] for key in sorted(rows_R)],
+                               [tf.as_dtype(spec[name][1]) for name in names], stateful=False)
+      return {name: tf.ensure_shape(out, spec[name][0]) for name, out in zip(names, outs)}
+
+    ds = ds.map(apply, num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.prefetch(prefetch)
   options = tf.data.Options()
   options.deterministic = True
   return ds.with_options(options)
 
 
-def eval_batches(packed: dict, batch_size: int, num_batches: int | None = None) -> Iterator[dict]:
-  """The rows in order, once, as numpy batches; the last batch is filled with all-zero rows (segment 0,
-  so weight 0). With num_batches, exactly that many batches: truncated, or extended with all-padding
-  batches (multi-process eval needs every process to run the same number of steps)."""
-  num_rows = packed["tokens"].shape[0]
-  seq_len = packed["tokens"].shape[1]
+def transform_rng(seed: int, step: int, process_index: int) -> np.random.Generator:
+  """The objective transform's generator for one batch: a pure function of (seed, step, process)."""
+  return np.random.default_rng([seed, step, process_index])
+
+
+def _num_rows(rows: dict) -> int:
+  return next(iter(rows.values())).shape[0]
+
+
+def eval_batches(rows: dict, batch_size: int, num_batches: int | None = None,
+                 transform: Transform | None = None, seed: int = 0) -> Iterator[dict]:
+  """The rows in order, once, as numpy batches; the last batch is filled with all-zero rows (padding:
+  weight 0). With num_batches, exactly that many batches: truncated, or extended with all-padding
+  batches (multi-process eval needs every process to run the same number of steps). The transform's
+  rng for batch k is transform_rng(seed, k, 0), so every evaluation sees the same masks."""
+  num_rows = _num_rows(rows)
   if num_batches is None:
     num_batches = -(-num_rows // batch_size)
-  for start in range(0, num_batches * batch_size, batch_size):
+  for k, start in enumerate(range(0, num_batches * batch_size, batch_size)):
     batch = {}
-    for key in KEYS:
-      rows_BL = packed[key][start:start + batch_size]
-      pad = batch_size - rows_BL.shape[0]
+    for key, value in rows.items():
+      part = value[start:start + batch_size]
+      pad = batch_size - part.shape[0]
       if pad:
-        rows_BL = np.concatenate([rows_BL, np.zeros((pad, seq_len), np.int32)])
-      batch[key] = rows_BL
-    yield batch
+        part = np.concatenate([part, np.zeros((pad, *value.shape[1:]), value.dtype)])
+      batch[key] = part
+    yield batch if transform is None else transform(batch, transform_rng(seed, k, 0))

@@ -1,4 +1,5 @@
-"""Batched sampling with the KV cache: one jitted lax.while_loop over positions (lm1b style).
+"""Batched sampling from causal models: one jitted lax.while_loop over positions (lm1b style), with the
+KV cache for the Transformer.
 
 Prompts are right-padded into one [B, T] buffer, T = longest prompt + max_new_tokens. Step t feeds
 the token at position t of every row and writes position t+1: copied from the prompt while t+1 is
@@ -44,7 +45,10 @@ def _next_token(logits_BV, rng, temperature, top_k, top_p):
 @functools.partial(jax.jit, static_argnames=("model", "temperature", "top_k", "top_p"))
 def _generate(model, params, buf_BT, lengths_B, rng, eos_id, *, temperature, top_k, top_p):
   B, T = buf_BT.shape
-  cache = init_cache(model, B, T)
+  # The Transformer decodes one token per step against its KV cache; any other causal model (the
+  # recurrent LMs) re-runs the whole buffer, whose logits at t depend only on tokens <= t.
+  use_cache = isinstance(model, Transformer)
+  cache = init_cache(model, B, T) if use_cache else {}
 
   def cond(state):
     t, _, _, done_B = state
@@ -52,22 +56,27 @@ def _generate(model, params, buf_BT, lengths_B, rng, eos_id, *, temperature, top
 
   def body(state):
     t, buf_BT, cache, done_B = state
-    token_B1 = jax.lax.dynamic_slice_in_dim(buf_BT, t, 1, axis=1)
-    logits_B1V, mutated = model.apply({"params": params, "cache": cache}, token_B1, decode=True,
-                                      mutable=["cache"])
-    sampled_B = _next_token(logits_B1V[:, 0], jax.random.fold_in(rng, t), temperature, top_k, top_p)
+    if use_cache:
+      token_B1 = jax.lax.dynamic_slice_in_dim(buf_BT, t, 1, axis=1)
+      logits_B1V, mutated = model.apply({"params": params, "cache": cache}, token_B1, decode=True,
+                                        mutable=["cache"])
+      logits_BV, cache = logits_B1V[:, 0], mutated["cache"]
+    else:
+      logits_BV = jax.lax.dynamic_index_in_dim(model.apply({"params": params}, buf_BT), t, axis=1,
+                                               keepdims=False)
+    sampled_B = _next_token(logits_BV, jax.random.fold_in(rng, t), temperature, top_k, top_p)
     in_prompt_B = t + 1 < lengths_B
     prompt_B = jax.lax.dynamic_index_in_dim(buf_BT, t + 1, axis=1, keepdims=False)
     next_B = jnp.where(in_prompt_B, prompt_B, sampled_B)
     done_B = done_B | (~in_prompt_B & (next_B == eos_id))
     buf_BT = jax.lax.dynamic_update_slice_in_dim(buf_BT, next_B[:, None], t + 1, axis=1)
-    return t + 1, buf_BT, mutated["cache"], done_B
+    return t + 1, buf_BT, cache, done_B
 
   state = (jnp.int32(0), buf_BT, cache, jnp.zeros((B,), bool))
   return jax.lax.while_loop(cond, body, state)[1]
 
 
-def sample(model: Transformer, params, prompts: list[list[int]], *, max_new_tokens: int, rng,
+def sample(model: nn.Module, params, prompts: list[list[int]], *, max_new_tokens: int, rng,
            temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, eos_id: int | None = None,
            pad_id: int = 0) -> list[list[int]]:
   """Continues each prompt with up to max_new_tokens tokens; temperature 0 is greedy.
@@ -83,7 +92,7 @@ def sample(model: Transformer, params, prompts: list[list[int]], *, max_new_toke
     raise ValueError(f"max_new_tokens = {max_new_tokens} must be >= 1.")
   lengths = [len(p) for p in prompts]
   total = max(lengths) + max_new_tokens
-  if total > model.config.max_len:
+  if total > getattr(model.config, "max_len", total):  # recurrent models have no length limit
     raise ValueError(f"Longest prompt ({max(lengths)} tokens) + max_new_tokens ({max_new_tokens}) = "
                      f"{total} exceeds the model's max_len = {model.config.max_len}; shorten the prompt "
                      "or generate fewer tokens.")

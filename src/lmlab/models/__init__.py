@@ -1,1 +1,37 @@
-"""Model definitions."""
+"""Model families behind one interface: `build` a Flax module from the config, `apply` it to a batch.
+
+Every neural family reads the packed-row batch keys tokens / segment_ids / positions (plus prefix for
+prefix LM and token_types for BERT pairs) and returns a dict with float32 `logits` [B, L, V] (and
+`nsp_logits` [B, 2] for mlm_nsp). The ngram family has no Flax module (see models/ngram.py).
+"""
+
+import flax.linen as nn
+
+from lmlab.models import recurrent, transformer
+
+
+def build(cfg, vocab_size: int) -> nn.Module:
+  """The Flax module of cfg.model.family, shaped for cfg.objective."""
+  family, objective = cfg.model.family, cfg.objective.name
+  if family == "rnn":
+    return recurrent.RecurrentLM(recurrent.RecurrentConfig.from_config(
+        cfg.model, vocab_size, bidirectional=objective == "mlm"))
+  if family in ("decoder", "encoder"):
+    encoder = family == "encoder"
+    return transformer.Transformer(transformer.TransformerConfig.from_config(
+        cfg.model, vocab_size, cfg.data.seq_len, causal=not encoder, num_token_types=2 if encoder else 0,
+        mlm_head=encoder, nsp_head=objective == "mlm_nsp"))
+  raise ValueError(f"config.model.family = {family!r} has no neural model to build.")
+
+
+def apply(model: nn.Module, variables, batch: dict, **kwargs) -> dict:
+  """Runs `model` on a batch; kwargs (deterministic, rngs, mutable...) go to model.apply."""
+  inputs = (batch["tokens"], batch.get("segment_ids"), batch.get("positions"))
+  if isinstance(model, transformer.Transformer):
+    for key in ("prefix", "token_types"):
+      if key in batch:
+        kwargs[f"{key}_BL"] = batch[key]
+  out = model.apply(variables, *inputs, **kwargs)
+  if isinstance(out, tuple):
+    return {"logits": out[0], "nsp_logits": out[1]}
+  return {"logits": out}

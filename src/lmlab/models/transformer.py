@@ -1,4 +1,5 @@
-"""Decoder-only pre-norm Transformer (Flax Linen) with packed-segment masking and a KV cache.
+"""Pre-norm Transformer (Flax Linen): decoder-only (GPT; causal or prefix LM) or encoder-only (BERT,
+with token types, the MLM output transform and the NSP head), with packed-segment masking and a KV cache.
 
 Shape suffixes: B batch, L query length, S key length (L, or the cache length when decoding),
 D d_model, H heads, K head dim, F mlp_dim, V vocab.
@@ -34,17 +35,22 @@ class TransformerConfig:
   dtype: jnp.dtype = jnp.float32  # compute dtype; params are always float32
   scan_layers: bool = False
   remat: str = "none"  # none | full | dots
+  # Derived from the model family and objective, not set in cfg.model directly:
+  causal: bool = True  # False: bidirectional self-attention (encoder-only, BERT)
+  num_token_types: int = 0  # > 0: token-type (sentence A / B) embeddings are added (BERT)
+  mlm_head: bool = False  # BERT's output transform (dense, gelu, norm) before the tied projection, + bias
+  nsp_head: bool = False  # also return next-sentence logits [B, 2] from the first token ([CLS])
 
   @property
   def head_dim(self) -> int:
     return self.d_model // self.num_heads
 
   @classmethod
-  def from_config(cls, model_cfg, vocab_size: int, max_len: int) -> "TransformerConfig":
-    """Builds from the ml_collections `cfg.model` (see lmlab.config)."""
-    fields = {f.name for f in dataclasses.fields(cls)} - {"vocab_size", "max_len", "dtype"}
-    kwargs = {name: model_cfg[name] for name in fields}
-    return cls(vocab_size=vocab_size, max_len=max_len, dtype=jnp.dtype(model_cfg.dtype), **kwargs)
+  def from_config(cls, model_cfg, vocab_size: int, max_len: int, **derived) -> "TransformerConfig":
+    """Builds from the ml_collections `cfg.model` (see lmlab.config) plus the `derived` fields."""
+    fields = {f.name for f in dataclasses.fields(cls)} - {"vocab_size", "max_len", "dtype"} - set(derived)
+    kwargs = {name: model_cfg[name] for name in fields if name in model_cfg}
+    return cls(vocab_size=vocab_size, max_len=max_len, dtype=jnp.dtype(model_cfg.dtype), **kwargs, **derived)
 
 
 def _init(names, std=_STD):
@@ -92,15 +98,23 @@ def segment_positions(segment_ids_BL):
   return idx_L - jax.lax.cummax(start_BL, axis=1)
 
 
-def attention_mask(length: int, segment_ids_BL=None):
-  """Boolean [B|1, 1, L, L]: causal, and within one segment when segment ids are given.
+def attention_mask(length: int, segment_ids_BL=None, prefix_BL=None, causal: bool = True):
+  """Boolean [B|1, 1, L, L]: query l may attend to key s.
 
-  Padding (segment 0) attends to earlier padding only, so no row is fully masked (no NaN).
+  causal: s <= l, except that tokens of the prefix (prefix_BL != 0, prefix LM) see the whole prefix;
+  bidirectional otherwise. Always within one segment when segment ids are given. Padding (segment 0)
+  attends to padding, so no row is fully masked (no NaN).
   """
-  mask_11LL = jnp.tril(jnp.ones((length, length), bool))[None, None]
+  if causal:
+    mask_B1LL = jnp.tril(jnp.ones((length, length), bool))[None, None]
+    if prefix_BL is not None:
+      prefix_BL = prefix_BL.astype(bool)
+      mask_B1LL = mask_B1LL | (prefix_BL[:, None, :, None] & prefix_BL[:, None, None, :])
+  else:
+    mask_B1LL = jnp.ones((1, 1, length, length), bool)
   if segment_ids_BL is None:
-    return mask_11LL
-  return mask_11LL & (segment_ids_BL[:, None, :, None] == segment_ids_BL[:, None, None, :])
+    return mask_B1LL
+  return mask_B1LL & (segment_ids_BL[:, None, :, None] == segment_ids_BL[:, None, None, :])
 
 
 class Attention(nn.Module):
@@ -186,12 +200,12 @@ _REMAT_POLICIES = {"full": None, "dots": jax.checkpoint_policies.checkpoint_dots
 
 
 class Transformer(nn.Module):
-  """Decoder-only language model; returns float32 logits."""
+  """Returns float32 logits [B, L, V], and with nsp_head the next-sentence logits [B, 2] too."""
   config: TransformerConfig
 
   @nn.compact
-  def __call__(self, tokens_BL, segment_ids_BL=None, positions_BL=None, *, deterministic=True,
-               decode=False):
+  def __call__(self, tokens_BL, segment_ids_BL=None, positions_BL=None, *, prefix_BL=None,
+               token_types_BL=None, deterministic=True, decode=False):
     cfg = self.config
     B, L = tokens_BL.shape
     cache_index = None
@@ -206,7 +220,7 @@ class Transformer(nn.Module):
       if decode:  # initializing the cache: create the index, then run a normal forward pass
         self.variable("cache", "index", jnp.zeros, (), jnp.int32)
         segment_ids_BL = positions_BL = None
-      mask_B1LS = attention_mask(L, segment_ids_BL)  # built once, shared by all layers
+      mask_B1LS = attention_mask(L, segment_ids_BL, prefix_BL, cfg.causal)  # built once, for all layers
       if positions_BL is None:
         positions_BL = (segment_positions(segment_ids_BL) if segment_ids_BL is not None
                         else jnp.broadcast_to(jnp.arange(L), (B, L)))
@@ -214,6 +228,10 @@ class Transformer(nn.Module):
     embed = nn.Embed(cfg.vocab_size, cfg.d_model, dtype=cfg.dtype,
                      embedding_init=_init(("vocab", "embed")), name="embed")
     x_BLD = embed(tokens_BL)
+    if cfg.num_token_types:
+      types = nn.Embed(cfg.num_token_types, cfg.d_model, dtype=cfg.dtype,
+                       embedding_init=_init((None, "embed")), name="token_type_embed")
+      x_BLD = x_BLD + types(jnp.zeros_like(tokens_BL) if token_types_BL is None else token_types_BL)
     rope = None
     if cfg.positions == "learned":
       table_PD = self.param("pos_embed", _init((None, "embed")), (cfg.max_len, cfg.d_model))
@@ -238,13 +256,28 @@ class Transformer(nn.Module):
         x_BLD, _ = block(cfg, deterministic, decode, name=f"block_{i}")(x_BLD, mask_B1LS, rope,
                                                                         cache_index)
     x_BLD = _norm(cfg, "ln_final")(x_BLD)
+    h_BLD = x_BLD
+    if cfg.mlm_head:
+      h_BLD = nn.gelu(nn.Dense(cfg.d_model, dtype=cfg.dtype, kernel_init=_init(("embed", None)),
+                               bias_init=_zeros((None,)), name="mlm_dense")(h_BLD))
+      h_BLD = _norm(cfg, "mlm_norm")(h_BLD)
 
     # Logits accumulate in float32 even when compute is bf16.
     if cfg.tie_embeddings:
       w_DV = embed.embedding.T
     else:
       w_DV = self.param("unembed", _init(("embed", "vocab")), (cfg.d_model, cfg.vocab_size))
-    return jnp.einsum("bld,dv->blv", x_BLD, w_DV.astype(cfg.dtype), preferred_element_type=jnp.float32)
+    logits_BLV = jnp.einsum("bld,dv->blv", h_BLD, w_DV.astype(cfg.dtype), preferred_element_type=jnp.float32)
+    if cfg.mlm_head:
+      logits_BLV = logits_BLV + self.param("output_bias", _zeros(("vocab",)), (cfg.vocab_size,))
+    if not cfg.nsp_head:
+      return logits_BLV
+    # BERT's pooler: the final hidden state of the first token ([CLS]) through dense + tanh.
+    pooled_BD = nn.tanh(nn.Dense(cfg.d_model, dtype=cfg.dtype, kernel_init=_init(("embed", None)),
+                                 bias_init=_zeros((None,)), name="pooler")(x_BLD[:, 0]))
+    nsp_B2 = nn.Dense(2, dtype=cfg.dtype, kernel_init=_init(("embed", None)), bias_init=_zeros((None,)),
+                      name="nsp")(pooled_BD)
+    return logits_BLV, nsp_B2.astype(jnp.float32)
 
   def _cache_len(self) -> int:
     # The cache length is the init input's length; read it off any layer's cached keys [.., B, S, H, K].
@@ -267,8 +300,8 @@ def param_count(params) -> int:
 def flops_per_token(cfg: TransformerConfig, seq_len: int, params) -> float:
   """Training FLOPs per token, forward + backward: 6 N + 12 num_layers d_model seq_len (PaLM, App. B).
 
-  N counts the parameters that do matmuls: lookup tables (the input embedding, learned positions)
-  are left out, but the output projection counts, so a tied embedding counts once, as the output
+  N counts the parameters that do matmuls: lookup tables (the input embedding, learned positions, token
+  types) are left out, but the output projection counts, so a tied embedding counts once, as the output
   projection. The second term is attention scores and the weighted sum of values (no causal discount).
   """
   n = param_count(params)
@@ -276,4 +309,5 @@ def flops_per_token(cfg: TransformerConfig, seq_len: int, params) -> float:
     n -= cfg.vocab_size * cfg.d_model
   if cfg.positions == "learned":
     n -= cfg.max_len * cfg.d_model
+  n -= cfg.num_token_types * cfg.d_model
   return float(6 * n + 12 * cfg.num_layers * cfg.d_model * seq_len)

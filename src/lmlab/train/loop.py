@@ -11,12 +11,14 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from lmlab import config as config_lib
-from lmlab.data import pipeline, sources, tokenizer
-from lmlab.decode import sampling
+from lmlab import objectives
+from lmlab.data import batches, pipeline, sources, tokenizer
+from lmlab.decode import fill_mask, sampling
+from lmlab.models import ngram
 from lmlab.train import checkpoint, logger, partitioning, trainer
 
 # Sections that must not change when a work directory is resumed: they define the checkpoint's meaning.
-FROZEN_ON_RESUME = ("model", "tokenizer", "data.seq_len", "data.source", "data.tfds_name", "data.text_glob",
+FROZEN_ON_RESUME = ("model", "objective", "tokenizer", "data.seq_len", "data.source", "data.tfds_name", "data.text_glob",
                     "data.text_unit", "seed")
 
 
@@ -65,39 +67,52 @@ def load_tokenizer(cfg, workdir: str):
   return sp
 
 
-def packed_split(cfg, sp, split: str) -> dict:
-  """This process's share of `split`, tokenized in one batch call and packed into rows."""
+def encoded_split(cfg, sp, split: str) -> list[np.ndarray]:
+  """This process's share of `split`, tokenized in one batch call."""
   docs = sources.load_documents(cfg.data, split, jax.process_index(), jax.process_count())
-  return pipeline.pack_documents(tokenizer.encode_documents(sp, docs), cfg.data.seq_len)
+  return tokenizer.encode_documents(sp, docs)
 
 
-def evaluate(trn: trainer.Trainer, params, packed: dict, local_batch: int, max_batches: int) -> dict:
-  """Token-weighted loss, perplexity and accuracy over the validation rows of every process."""
-  batches = list(pipeline.eval_batches(packed, local_batch))
-  count = len(batches)
+def evaluate(trn: trainer.Trainer, params, rows: dict, data: batches.ObjectiveData, local_batch: int,
+             max_batches: int, seed: int) -> dict:
+  """Weighted loss, perplexity and accuracy (of the objective's targets: next tokens, or masked tokens)
+  and next-sentence accuracy over the validation rows of every process."""
+  batches_ = list(pipeline.eval_batches(rows, local_batch, transform=data.transform, seed=seed))
+  count = len(batches_)
   if jax.process_count() > 1:  # every process must run the same number of steps
     count = int(np.max(multihost_utils.process_allgather(np.asarray(count))))
   if max_batches:
     count = min(count, max_batches)
-  empty = {k: np.zeros_like(v) for k, v in batches[0].items()}
+  empty = {k: np.zeros_like(v) for k, v in batches_[0].items()}
   totals = None
   for i in range(count):
-    batch = partitioning.global_batch(batches[i] if i < len(batches) else empty, trn.mesh)
+    batch = partitioning.global_batch(batches_[i] if i < len(batches_) else empty, trn.mesh)
     sums = trn.eval_step(params, batch)
     totals = sums if totals is None else jax.tree_util.tree_map(lambda a, b: a + b, totals, sums)
-  totals = jax.device_get(totals)
-  weight = max(float(totals["weight_sum"]), 1.0)
-  loss = float(totals["loss_sum"]) / weight
-  return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "accuracy": float(totals["correct_sum"]) / weight,
-          "tokens": float(totals["weight_sum"])}
+  result = {k: float(v) for k, v in jax.device_get(objectives.metrics(totals)).items()}
+  return dict(result, perplexity=math.exp(min(result["loss"], 50.0)))
 
 
-def generate(trn: trainer.Trainer, params, sp, sample_cfg, prompts, seed: int) -> list[str]:
-  """Continuations of `prompts` (strings) decoded with the KV cache."""
+def describe(result: dict) -> str:
+  """One line of evaluation metrics."""
+  text = f"loss {result['loss']:.4f} | perplexity {result['perplexity']:.2f}"
+  for key in ("accuracy", "nsp_accuracy"):
+    if key in result:
+      text += f" | {key.replace('_', ' ')} {result[key]:.3f}"
+  return text
+
+
+def complete(cfg, trn: trainer.Trainer, params, sp, prompts, seed: int) -> list[str]:
+  """What each family does with a prompt: causal models continue it (decode/sampling.py), masked-LM
+  models fill its [MASK]s with their top_k candidates (decode/fill_mask.py)."""
+  if cfg.objective.name in ("mlm", "mlm_nsp"):
+    fills = fill_mask.fill_mask(trn.model, params, sp, prompts, seq_len=cfg.data.seq_len,
+                                top_k=cfg.sample.top_k or 5, pair=cfg.objective.name == "mlm_nsp")
+    return [fill_mask.describe(candidates) for candidates in fills]
   prompt_ids = [[tokenizer.BOS_ID] + sp.encode(p) for p in prompts]
   outputs = sampling.sample(
-      trn.model, params, prompt_ids, max_new_tokens=sample_cfg.max_new_tokens, rng=jax.random.PRNGKey(seed),
-      temperature=sample_cfg.temperature, top_k=sample_cfg.top_k, top_p=sample_cfg.top_p,
+      trn.model, params, prompt_ids, max_new_tokens=cfg.sample.max_new_tokens, rng=jax.random.PRNGKey(seed),
+      temperature=cfg.sample.temperature, top_k=cfg.sample.top_k, top_p=cfg.sample.top_p,
       eos_id=tokenizer.EOS_ID)
   return [sp.decode(ids) for ids in outputs]
 
@@ -114,12 +129,16 @@ def train_and_evaluate(cfg) -> dict:
   log.print(f"Mesh {dict(mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} devices, "
             f"{jax.process_count()} process(es)")
 
-  # --- Input: tokenizer, packed rows, the resumable train stream.
+  # --- Input: tokenizer, the objective's rows, the resumable train stream.
   sp = load_tokenizer(cfg, workdir)
-  train_rows, eval_rows = packed_split(cfg, sp, cfg.data.train_split), packed_split(cfg, sp, cfg.data.eval_split)
+  train_docs, eval_docs = encoded_split(cfg, sp, cfg.data.train_split), encoded_split(cfg, sp, cfg.data.eval_split)
+  log.print(f"Data: {sum(map(len, train_docs)):,} train / {sum(map(len, eval_docs)):,} validation tokens "
+            f"(this process), objective {cfg.objective.name}, rows of {cfg.data.seq_len}")
+  if cfg.model.family == "ngram":
+    return _ngram_run(cfg, workdir, log, train_docs, eval_docs, sp.vocab_size(), start_time)
+  data = batches.for_config(cfg, sp)
+  train_rows, eval_rows = data.rows(train_docs), data.rows(eval_docs)
   local_batch = cfg.data.batch_size // jax.process_count()
-  log.print(f"Data: {pipeline.num_tokens(train_rows):,} train / {pipeline.num_tokens(eval_rows):,} validation "
-            f"tokens (this process) in rows of {cfg.data.seq_len}")
 
   # --- Model, optimizer and sharded state; resume from the latest checkpoint if there is one.
   trn = trainer.Trainer(cfg, sp.vocab_size(), mesh)
@@ -132,7 +151,10 @@ def train_and_evaluate(cfg) -> dict:
     state = trn.init_state(jax.random.PRNGKey(cfg.seed))
   start_step = int(jax.device_get(state.step))
   train_iter = pipeline.train_dataset(train_rows, local_batch, cfg.seed, start_step, jax.process_index(),
-                                      cfg.data.prefetch).as_numpy_iterator()
+                                      cfg.data.prefetch, data.transform, data.spec(local_batch)
+                                      ).as_numpy_iterator()
+  evaluate_now = lambda params: evaluate(trn, params, eval_rows, data, local_batch, cfg.train.eval_batches,
+                                         cfg.seed)
 
   # --- Train loop. Metrics of a log step are pulled to the host after the next step is dispatched.
   record = {"name": cfg.name}
@@ -149,10 +171,9 @@ def train_and_evaluate(cfg) -> dict:
       if pending is not None:
         log.train_progress(*pending)
         pending = None
-      result = evaluate(trn, state.params, eval_rows, local_batch, cfg.train.eval_batches)
+      result = evaluate_now(state.params)
       log.write(step, result, "eval")
-      log.print(f"eval at step {step}: loss {result['loss']:.4f} | perplexity {result['perplexity']:.2f} | "
-                f"accuracy {result['accuracy']:.3f}")
+      log.print(f"eval at step {step}: {describe(result)}")
       log.start(step)
     if step % cfg.train.checkpoint_every == 0 and step != cfg.train.num_steps:
       checkpoint.save(manager, state, record)
@@ -163,20 +184,38 @@ def train_and_evaluate(cfg) -> dict:
     checkpoint.save(manager, state, record)
 
   # --- Final evaluation, metrics.json and samples.
-  result = evaluate(trn, state.params, eval_rows, local_batch, cfg.train.eval_batches)
+  result = evaluate_now(state.params)
   log.write(final_step, result, "eval")
-  log.print(f"final eval at step {final_step}: loss {result['loss']:.4f} | perplexity "
-            f"{result['perplexity']:.2f} | accuracy {result['accuracy']:.3f}")
-  texts = generate(trn, state.params, sp, cfg.sample, list(cfg.sample.prompts), cfg.seed)
-  for prompt, text in zip(cfg.sample.prompts, texts):
+  log.print(f"final eval at step {final_step}: {describe(result)}")
+  for prompt, text in zip(cfg.sample.prompts, complete(cfg, trn, state.params, sp, list(cfg.sample.prompts),
+                                                       cfg.seed)):
     log.print(f"sample: {prompt} -> {text}")
   manager.wait_until_finished()
   manager.close()
   summary = {"step": final_step, "validation": result, "parameters": trn.param_count(),
              "flops_per_token": trn.flops_per_token(), "wall_time_s": time.perf_counter() - start_time}
+  _write_summary(workdir, summary)
+  log.close()
+  return summary
+
+
+def _write_summary(workdir: str, summary: dict) -> None:
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "metrics.json"), "w") as f:
       json.dump(summary, f, indent=2)
+
+
+def _ngram_run(cfg, workdir, log, train_docs, eval_docs, vocab_size: int, start_time: float) -> dict:
+  """The n-gram baseline: fit on the training documents, score the validation tokens a causal model
+  scores (same packed rows, same targets), write metrics.json."""
+  if jax.process_count() > 1:
+    raise config_lib.ConfigError("config.model.family = 'ngram' runs in one process; drop --num_processes.")
+  lm = ngram.KneserNey.fit(train_docs, vocab_size, cfg.model.ngram_order)
+  result = lm.evaluate_packed(pipeline.pack_documents(eval_docs, cfg.data.seq_len))
+  log.print(f"{cfg.model.ngram_order}-gram Kneser-Ney: validation {describe(result)}")
+  summary = {"step": 0, "validation": result, "ngrams": sum(len(level.keys) for level in lm.levels),
+             "wall_time_s": time.perf_counter() - start_time}
+  _write_summary(workdir, summary)
   log.close()
   return summary
 
@@ -190,6 +229,8 @@ def sample_workdir(workdir: str, prompts=None, seed: int = 0, overrides=None) ->
     if value is not None:
       cfg.sample[key] = value
   config_lib.validate(cfg)
+  if cfg.model.family == "ngram":
+    raise config_lib.ConfigError(f"{workdir} holds an n-gram baseline run: it has no checkpoint to sample.")
   path = os.path.join(workdir, "tokenizer.model")
   if not os.path.exists(path):
     raise config_lib.ConfigError(f"{workdir} has no tokenizer.model; train first.")
@@ -203,4 +244,4 @@ def sample_workdir(workdir: str, prompts=None, seed: int = 0, overrides=None) ->
   state, _ = checkpoint.restore(manager, trn.abstract_state)
   manager.close()
   prompts = list(prompts or cfg.sample.prompts)
-  return list(zip(prompts, generate(trn, state.params, sp, cfg.sample, prompts, seed)))
+  return list(zip(prompts, complete(cfg, trn, state.params, sp, prompts, seed)))

@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import PartitionSpec as P
 
-from lmlab.models import transformer
+from lmlab import models
+from lmlab.models import recurrent, transformer
 from lmlab.train import optimizer, partitioning, step
 
 
@@ -21,8 +22,7 @@ class Trainer:
 
   def __init__(self, cfg, vocab_size: int, mesh):
     self.cfg, self.mesh = cfg, mesh
-    self.model_cfg = transformer.TransformerConfig.from_config(cfg.model, vocab_size, cfg.data.seq_len)
-    self.model = transformer.Transformer(self.model_cfg)
+    self.model = models.build(cfg, vocab_size)
     self.schedule = optimizer.learning_rate_schedule(cfg.optim, cfg.train.num_steps)
     rows = cfg.data.batch_size // cfg.optim.grad_accum_steps
     self._dummy_tokens = jnp.zeros((rows, cfg.data.seq_len), jnp.int32)
@@ -46,7 +46,8 @@ class Trainer:
     self.init_state = jax.jit(self._init_state, out_shardings=self.state_sharding)
     train_fn = functools.partial(
         step.train_step, model=self.model, tx=self.tx, schedule=self.schedule, seed=cfg.seed,
-        grad_accum_steps=cfg.optim.grad_accum_steps, use_dropout=cfg.model.dropout_rate > 0)
+        grad_accum_steps=cfg.optim.grad_accum_steps, use_dropout=cfg.model.dropout_rate > 0,
+        nsp_weight=cfg.objective.nsp_weight)
     self.train_step = jax.jit(train_fn, in_shardings=(self.state_sharding, batch_sharding),
                               out_shardings=(self.state_sharding, replicated), donate_argnums=0)
     self.eval_step = jax.jit(functools.partial(step.eval_step, model=self.model),
@@ -64,4 +65,7 @@ class Trainer:
     return transformer.param_count(self.abstract_state.params)
 
   def flops_per_token(self) -> float:
-    return transformer.flops_per_token(self.model_cfg, self.cfg.data.seq_len, self.abstract_state.params)
+    params = self.abstract_state.params
+    if isinstance(self.model, recurrent.RecurrentLM):
+      return recurrent.flops_per_token(self.model.config, params)
+    return transformer.flops_per_token(self.model.config, self.cfg.data.seq_len, params)

@@ -377,3 +377,21 @@ def test_eval_batches_pad_with_zero_rows():
   assert len(list(pipeline.eval_batches(packed, 4, num_batches=1))) == 1
   extended = list(pipeline.eval_batches(packed, 4, num_batches=5))
   assert len(extended) == 5 and all((b["segment_ids"] == 0).all() for b in extended[3:])
+
+
+def test_transform_is_seeded_by_step_and_resumes():
+  packed = row_packed(40, 8)
+
+  def noisy(batch, rng):  # any objective transform: output depends on the rng
+    return {"tokens": batch["tokens"] + rng.integers(0, 1000, batch["tokens"].shape).astype(np.int32)}
+
+  spec = {"tokens": ((5, 8), np.int32)}
+  stream = lambda **kw: [b["tokens"] for b in pipeline.train_dataset(
+      packed, 5, seed=1, transform=noisy, spec=spec, **kw).take(6).as_numpy_iterator()]
+  first = stream()
+  np.testing.assert_array_equal(first, stream())
+  np.testing.assert_array_equal(first[2:], stream(start_step=2)[:4])  # resuming sees the same noise
+  assert not np.array_equal(first, stream(process_index=1))
+  # Evaluation batches get a fixed rng per batch index: every evaluation sees the same masks.
+  evals = [[b["tokens"] for b in pipeline.eval_batches(packed, 5, transform=noisy, seed=1)] for _ in range(2)]
+  np.testing.assert_array_equal(evals[0], evals[1])

@@ -119,3 +119,22 @@ def test_damaged_checkpoint_is_reported_and_kept(tiny_run, tmp_path, bbc_data_di
   assert "Cannot restore the checkpoint" in proc.stderr and "checkpoints/20" in proc.stderr
   assert "Event loop is closed" not in proc.stderr
   assert sorted(os.listdir(os.path.join(damaged, "checkpoints"))) == ["10", "20"]  # nothing deleted
+
+
+@pytest.mark.parametrize("experiment, expect", [
+    ("bert.py:size=tiny", ["objective mlm_nsp", "nsp accuracy", "sample: Shares in the [MASK] rose sharply. -> [MASK] 1: "]),
+    ("lstm.py:size=tiny,cell=gru", ["objective causal_lm", "step     20/20", "sample: The government said -> "]),
+    ("ngram.py:size=tiny,order=3", ["3-gram Kneser-Ney: validation loss"]),
+])
+def test_other_families_train_evaluate_and_sample(experiment, expect, tmp_path, bbc_data_dir):
+  workdir = str(tmp_path / "run")
+  stdout = launch([f"--config={ROOT}/experiments/{experiment}", f"--workdir={workdir}"], bbc_data_dir).stdout
+  for text in expect:
+    assert text in stdout, (text, stdout[-2000:])
+  with open(os.path.join(workdir, "metrics.json")) as f:
+    validation = json.load(f)["validation"]
+  assert 1.0 < validation["perplexity"] < 512  # better than uniform over the tiny 512-piece vocabulary
+  if "ngram" not in experiment:
+    sampled = launch(["sample", f"--workdir={workdir}", "--prompt=The [MASK] said", "--max_new_tokens=4"],
+                     bbc_data_dir).stdout
+    assert sampled.count("The [MASK] said -> ") == 1

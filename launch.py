@@ -2,6 +2,8 @@ r"""lmlab's command line.
 
   python launch.py [--config experiments/gpt.py:size=small] [--config.optim.lr=1e-3 ...]   train (resumes)
   python launch.py sample --workdir runs/gpt_small --prompt "The government said"        sample
+      (continues the prompt; fills its [MASK]s for masked-LM runs; decodes the targets of a corrupted
+      prompt such as "Shares <extra_id_0> sharply" for encoder-decoder runs, --beam_size for beam search)
   python launch.py sweep --config experiments/gpt.py:size=tiny                            run get_sweep()
 
 Multi-host: start one process per host with --num_processes, --process_id and --coordinator_address
@@ -28,6 +30,7 @@ flags.DEFINE_integer("max_new_tokens", None, "sample: new tokens per prompt.")
 flags.DEFINE_float("temperature", None, "sample: softmax temperature (0: greedy).")
 flags.DEFINE_integer("top_k", None, "sample: keep the k most likely tokens (0: off).")
 flags.DEFINE_float("top_p", None, "sample: nucleus probability mass (1: off).")
+flags.DEFINE_integer("beam_size", None, "sample: beams for encoder-decoder beam search (0: sample).")
 flags.DEFINE_integer("seed", 0, "sample: random seed.")
 flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0.")
 flags.DEFINE_integer("num_processes", 1, "Multi-host: number of processes.")
@@ -65,7 +68,7 @@ def sample():
   from lmlab.train import loop
   if not FLAGS.workdir:
     raise app.UsageError("sample needs --workdir, the work directory of a training run.")
-  overrides = {k: getattr(FLAGS, k) for k in ("max_new_tokens", "temperature", "top_k", "top_p")}
+  overrides = {k: getattr(FLAGS, k) for k in ("max_new_tokens", "temperature", "top_k", "top_p", "beam_size")}
   for prompt, text in loop.sample_workdir(FLAGS.workdir, FLAGS.prompt, FLAGS.seed, overrides):
     print(f"{prompt} -> {text}")
 

@@ -9,8 +9,8 @@ from lmlab.data import batches, pipeline, tokenizer
 from lmlab.train import partitioning, trainer
 
 V = 64
-PAIRS = [("decoder", "prefix_lm"), ("encoder", "mlm"), ("encoder", "mlm_nsp"), ("rnn", "causal_lm"),
-         ("rnn", "mlm")]
+PAIRS = [("decoder", "prefix_lm"), ("encoder", "mlm"), ("encoder", "mlm_nsp"),
+         ("encoder_decoder", "span_corruption"), ("rnn", "causal_lm"), ("rnn", "mlm")]
 
 
 class FakeTokenizer:

@@ -11,6 +11,7 @@ import pytest
 
 from lmlab import config as config_lib
 from lmlab import objectives
+from lmlab.data import transforms
 from lmlab.train import checkpoint, optimizer, partitioning, trainer
 
 
@@ -35,7 +36,7 @@ def packed_batch(cfg, seed=0):
   tokens[segment_ids == 0] = 0
   positions = np.where(segment_ids == 1, np.arange(l), np.arange(l) - l // 2).astype(np.int32)
   positions[segment_ids == 0] = 0
-  return {"tokens": tokens, "segment_ids": segment_ids, "positions": positions}
+  return transforms.causal_lm({"tokens": tokens, "segment_ids": segment_ids, "positions": positions}, None)
 
 
 def mesh_of(shape):

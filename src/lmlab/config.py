@@ -12,9 +12,9 @@ ConfigDict = ml_collections.ConfigDict
 
 # Allowed values of the string-valued choices.
 CHOICES = {
-    "model.family": ("decoder", "encoder", "rnn", "ngram"),
+    "model.family": ("decoder", "encoder", "encoder_decoder", "rnn", "ngram"),
     "model.rnn_cell": ("lstm", "gru"),
-    "objective.name": ("causal_lm", "prefix_lm", "mlm", "mlm_nsp"),
+    "objective.name": ("causal_lm", "prefix_lm", "mlm", "mlm_nsp", "span_corruption"),
     "data.source": ("tfds", "text_files"),
     "data.text_unit": ("file", "paragraph", "line"),
     "tokenizer.model_type": ("unigram", "bpe", "char"),
@@ -30,6 +30,7 @@ CHOICES = {
 OBJECTIVES = {
     "decoder": ("causal_lm", "prefix_lm"),
     "encoder": ("mlm", "mlm_nsp"),
+    "encoder_decoder": ("span_corruption",),
     "rnn": ("causal_lm", "mlm"),  # mlm: a bidirectional LSTM/GRU
     "ngram": ("causal_lm",),
 }
@@ -91,7 +92,8 @@ def default_config() -> ConfigDict:
   t.num_sentinels = 100
 
   c.model = m = ConfigDict()
-  # Model family: decoder (GPT), encoder (BERT), rnn (LSTM/GRU LM) or ngram (Kneser-Ney baseline).
+  # Model family: decoder (GPT), encoder (BERT), encoder_decoder (T5), rnn (LSTM/GRU LM) or ngram
+  # (Kneser-Ney baseline).
   m.family = "decoder"
   # Recurrent cell of the rnn family: lstm or gru.
   m.rnn_cell = "lstm"
@@ -128,7 +130,7 @@ def default_config() -> ConfigDict:
 
   c.objective = ob = ConfigDict()
   # Pretraining objective (see OBJECTIVES for the families each one trains): causal_lm, prefix_lm,
-  # mlm (masked LM) or mlm_nsp (masked LM + next-sentence prediction).
+  # mlm (masked LM), mlm_nsp (masked LM + next-sentence prediction) or span_corruption (T5).
   ob.name = "causal_lm"
   # prefix_lm: the prefix is this fraction of each document piece; 0: a uniformly random split point.
   ob.prefix_fraction = 0.0
@@ -141,6 +143,10 @@ def default_config() -> ConfigDict:
   ob.whole_word = False
   # mlm_nsp: weight of the next-sentence loss added to the masked-LM loss.
   ob.nsp_weight = 1.0
+  # span_corruption: fraction of tokens noised, and the mean length of a noise span (T5: 0.15, 3).
+  # The encoder reads data.seq_len tokens; raw rows and the target length follow from these (T5).
+  ob.noise_density = 0.15
+  ob.mean_span_length = 3.0
 
   c.optim = o = ConfigDict()
   # Peak learning rate.
@@ -191,6 +197,10 @@ def default_config() -> ConfigDict:
   s.top_k = 40
   # Keep the smallest set of tokens with this total probability (1.0: off).
   s.top_p = 0.95
+  # Encoder-decoder only: beam search with this many beams instead of sampling (0: sample).
+  s.beam_size = 0
+  # Beam search length penalty alpha (GNMT; 0: rank by plain log-probability).
+  s.length_penalty = 0.0
   return c
 
 
@@ -297,7 +307,8 @@ def validate(cfg: ConfigDict, num_devices: int | None = None, process_count: int
            "model.num_heads", "model.mlp_dim", "optim.lr", "optim.grad_accum_steps", "train.num_steps",
            "train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "sample.max_new_tokens")
   positive("tokenizer.num_sentinels", "optim.warmup_steps", "optim.weight_decay", "optim.grad_clip", "train.eval_every",
-           "train.eval_batches", "sample.temperature", "sample.top_k", "data.prefetch", allow_zero=True)
+           "train.eval_batches", "sample.temperature", "sample.top_k", "sample.beam_size", "data.prefetch",
+           allow_zero=True)
   m, d, o = cfg.model, cfg.data, cfg.optim
   if cfg.objective.name not in OBJECTIVES[m.family]:
     pairs = "; ".join(f"{family}: {', '.join(names)}" for family, names in OBJECTIVES.items())
@@ -312,6 +323,17 @@ def validate(cfg: ConfigDict, num_devices: int | None = None, process_count: int
           and ob.mask_token_rate + ob.random_token_rate <= 1.0):
     raise ConfigError(f"config.objective.mask_token_rate = {ob.mask_token_rate} and random_token_rate = "
                       f"{ob.random_token_rate} must be >= 0 and sum to at most 1.")
+  if not (0.0 < ob.noise_density < 1.0 and ob.mean_span_length >= 1.0):
+    raise ConfigError(f"config.objective.noise_density = {ob.noise_density} must be in (0, 1) and "
+                      f"config.objective.mean_span_length = {ob.mean_span_length} >= 1.")
+  if ob.name == "span_corruption":
+    from lmlab.data import transforms  # the T5 length arithmetic lives with the transform
+    tokens_length, _ = transforms.span_corruption_lengths(d.seq_len, ob.noise_density, ob.mean_span_length)
+    spans = transforms.max_noise_spans(tokens_length, ob.noise_density, ob.mean_span_length)
+    if spans > cfg.tokenizer.num_sentinels:
+      raise ConfigError(f"Span corruption of {tokens_length}-token rows makes up to {spans} noise spans but "
+                        f"config.tokenizer.num_sentinels = {cfg.tokenizer.num_sentinels}; raise it to {spans} "
+                        "or raise config.objective.mean_span_length.")
   if m.family == "ngram" and not (1 <= m.ngram_order and cfg.tokenizer.vocab_size ** m.ngram_order < 2**63):
     raise ConfigError(f"config.model.ngram_order = {m.ngram_order} must be >= 1 and keep "
                       f"config.tokenizer.vocab_size ** order < 2**63 (int64 n-gram keys); lower it.")

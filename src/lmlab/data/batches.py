@@ -3,6 +3,8 @@ that turns a batch of rows into the arrays the model and loss read (see transfor
 
   causal_lm, prefix_lm, mlm   rows = documents packed into seq_len rows (pipeline.pack_documents)
   mlm_nsp                     rows = consecutive chunk pairs of a document (transforms.pair_rows)
+  span_corruption             rows = documents packed into the raw length that corrupts to exactly
+                              seq_len encoder tokens (transforms.span_corruption_lengths)
 """
 
 import dataclasses
@@ -53,4 +55,24 @@ def for_config(cfg, sp) -> ObjectiveData:
     return ObjectiveData(functools.partial(_shuffled_pair_rows, seq_len=seq_len),
                          functools.partial(transforms.mlm_nsp, seq_len=seq_len, **mlm),
                          lambda b: transforms.mlm_nsp_spec(b, seq_len))
+  if ob.name == "span_corruption":
+    tokens_length, targets_length = transforms.span_corruption_lengths(seq_len, ob.noise_density,
+                                                                       ob.mean_span_length)
+    corrupt = functools.partial(
+        transforms.span_corruption, inputs_length=seq_len, targets_length=targets_length,
+        noise_density=ob.noise_density, mean_noise_span_length=ob.mean_span_length,
+        num_sentinels=cfg.tokenizer.num_sentinels)
+
+    def spec(batch_size):
+      out = transforms.span_corruption_spec(batch_size, seq_len, targets_length)
+      out["targets"] = out.pop("decoder_targets")
+      return out
+
+    return ObjectiveData(functools.partial(pipeline.pack_documents, seq_len=tokens_length),
+                         lambda batch, rng: _rename(corrupt(batch, rng), decoder_targets="targets"), spec)
   raise ValueError(f"config.objective.name = {ob.name!r} has no data transform.")
+
+
+def _rename(batch: dict, **names) -> dict:
+  """The losses read `targets`; span corruption calls them decoder_targets."""
+  return {names.get(key, key): value for key, value in batch.items()}

@@ -1,13 +1,18 @@
 """Model families behind one interface: `build` a Flax module from the config, `apply` it to a batch.
 
-Every neural family reads the packed-row batch keys tokens / segment_ids / positions (plus prefix for
-prefix LM and token_types for BERT pairs) and returns a dict with float32 `logits` [B, L, V] (and
-`nsp_logits` [B, 2] for mlm_nsp). The ngram family has no Flax module (see models/ngram.py).
+Decoder, encoder and recurrent families read the packed-row batch keys tokens / segment_ids / positions
+(plus prefix for prefix LM and token_types for BERT pairs); the encoder-decoder reads encoder_* and
+decoder_inputs / decoder_* keys. All return a dict with float32 `logits` [B, L, V] (and `nsp_logits`
+[B, 2] for mlm_nsp). The ngram family has no Flax module (see models/ngram.py).
 """
 
 import flax.linen as nn
+import jax.numpy as jnp
 
-from lmlab.models import recurrent, transformer
+from lmlab.models import encdec, recurrent, transformer
+
+ENCDEC_INPUTS = ("encoder_tokens", "decoder_inputs", "encoder_segment_ids", "decoder_segment_ids",
+                 "encoder_positions", "decoder_positions")
 
 
 def build(cfg, vocab_size: int) -> nn.Module:
@@ -16,6 +21,8 @@ def build(cfg, vocab_size: int) -> nn.Module:
   if family == "rnn":
     return recurrent.RecurrentLM(recurrent.RecurrentConfig.from_config(
         cfg.model, vocab_size, bidirectional=objective == "mlm"))
+  if family == "encoder_decoder":
+    return encdec.EncoderDecoder(transformer.TransformerConfig.from_config(cfg.model, vocab_size, cfg.data.seq_len))
   if family in ("decoder", "encoder"):
     encoder = family == "encoder"
     return transformer.Transformer(transformer.TransformerConfig.from_config(
@@ -24,8 +31,16 @@ def build(cfg, vocab_size: int) -> nn.Module:
   raise ValueError(f"config.model.family = {family!r} has no neural model to build.")
 
 
+def dummy_inputs(model: nn.Module, batch_size: int, seq_len: int) -> tuple:
+  """Positional inputs to initialize `model` with (parameter shapes do not depend on their values)."""
+  tokens_BL = jnp.zeros((batch_size, seq_len), jnp.int32)
+  return (tokens_BL, tokens_BL) if isinstance(model, encdec.EncoderDecoder) else (tokens_BL,)
+
+
 def apply(model: nn.Module, variables, batch: dict, **kwargs) -> dict:
   """Runs `model` on a batch; kwargs (deterministic, rngs, mutable...) go to model.apply."""
+  if isinstance(model, encdec.EncoderDecoder):
+    return {"logits": model.apply(variables, *(batch[key] for key in ENCDEC_INPUTS), **kwargs)}
   inputs = (batch["tokens"], batch.get("segment_ids"), batch.get("positions"))
   if isinstance(model, transformer.Transformer):
     for key in ("prefix", "token_types"):

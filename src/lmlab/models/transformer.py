@@ -143,17 +143,41 @@ class Attention(nn.Module):
         cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v_BLHK, start)
         k_BLHK, v_BLHK = cached_k.value, cached_v.value  # now k_BSHK, v_BSHK
 
-    # Scores and softmax in float32: bf16 logits lose too much precision for long contexts.
-    logits_BHLS = jnp.einsum("blhk,bshk->bhls", q_BLHK, k_BLHK, preferred_element_type=jnp.float32)
-    logits_BHLS = logits_BHLS / np.sqrt(cfg.head_dim)
-    logits_BHLS = jnp.where(mask_B1LS, logits_BHLS, jnp.finfo(jnp.float32).min)
-    probs_BHLS = jax.nn.softmax(logits_BHLS, axis=-1).astype(cfg.dtype)
-    out_BLHK = jnp.einsum("bhls,bshk->blhk", probs_BHLS, v_BLHK)
-    # Output projections get the GPT-2 scaled init so the residual stream variance stays O(1) with depth.
-    return nn.DenseGeneral(
-        cfg.d_model, axis=(-2, -1), use_bias=cfg.use_bias, dtype=cfg.dtype,
-        kernel_init=_init(("heads", "head_dim", "embed"), _STD / math.sqrt(2 * cfg.num_layers)),
-        bias_init=_zeros(("embed",)), name="out")(out_BLHK)
+    return _attend(cfg, q_BLHK, k_BLHK, v_BLHK, mask_B1LS)
+
+
+class CrossAttention(nn.Module):
+  """Decoder-to-encoder attention (encoder-decoder models): queries from x, keys and values from the
+  encoder output, with a fused KV projection."""
+  cfg: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x_BLD, encoded_BSD, mask_B1LS):
+    cfg = self.cfg
+    q_BLHK = nn.DenseGeneral(
+        (cfg.num_heads, cfg.head_dim), use_bias=cfg.use_bias, dtype=cfg.dtype,
+        kernel_init=_init(("embed", "heads", "head_dim")), bias_init=_zeros(("heads", "head_dim")),
+        name="query")(x_BLD)
+    kv_BS2HK = nn.DenseGeneral(
+        (2, cfg.num_heads, cfg.head_dim), use_bias=cfg.use_bias, dtype=cfg.dtype,
+        kernel_init=_init(("embed", None, "heads", "head_dim")),
+        bias_init=_zeros((None, "heads", "head_dim")), name="kv")(encoded_BSD)
+    return _attend(cfg, q_BLHK, kv_BS2HK[:, :, 0], kv_BS2HK[:, :, 1], mask_B1LS)
+
+
+def _attend(cfg: TransformerConfig, q_BLHK, k_BSHK, v_BSHK, mask_B1LS):
+  """Masked softmax attention and the output projection, inside the calling attention module."""
+  # Scores and softmax in float32: bf16 logits lose too much precision for long contexts.
+  logits_BHLS = jnp.einsum("blhk,bshk->bhls", q_BLHK, k_BSHK, preferred_element_type=jnp.float32)
+  logits_BHLS = logits_BHLS / np.sqrt(cfg.head_dim)
+  logits_BHLS = jnp.where(mask_B1LS, logits_BHLS, jnp.finfo(jnp.float32).min)
+  probs_BHLS = jax.nn.softmax(logits_BHLS, axis=-1).astype(cfg.dtype)
+  out_BLHK = jnp.einsum("bhls,bshk->blhk", probs_BHLS, v_BSHK)
+  # Output projections get the GPT-2 scaled init so the residual stream variance stays O(1) with depth.
+  return nn.DenseGeneral(
+      cfg.d_model, axis=(-2, -1), use_bias=cfg.use_bias, dtype=cfg.dtype,
+      kernel_init=_init(("heads", "head_dim", "embed"), _STD / math.sqrt(2 * cfg.num_layers)),
+      bias_init=_zeros(("embed",)), name="out")(out_BLHK)
 
 
 class Mlp(nn.Module):
@@ -175,17 +199,21 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-  """Pre-norm residual block. Returns (x, None) so it can be the body of nn.scan."""
+  """Pre-norm residual block: self-attention, cross-attention to `encoded` when given (decoder of an
+  encoder-decoder), MLP. Returns (x, None) so it can be the body of nn.scan."""
   cfg: TransformerConfig
   deterministic: bool = True
   decode: bool = False
 
   @nn.compact
-  def __call__(self, x_BLD, mask_B1LS, rope, cache_index):
+  def __call__(self, x_BLD, mask_B1LS, rope, cache_index, encoded_BSD=None, cross_mask_B1LS=None):
     cfg = self.cfg
     h_BLD = Attention(cfg, self.decode, name="attn")(_norm(cfg, "ln_attn")(x_BLD), mask_B1LS, rope,
                                                      cache_index)
     x_BLD = x_BLD + self._dropout(h_BLD)
+    if encoded_BSD is not None:
+      h_BLD = CrossAttention(cfg, name="cross")(_norm(cfg, "ln_cross")(x_BLD), encoded_BSD, cross_mask_B1LS)
+      x_BLD = x_BLD + self._dropout(h_BLD)
     h_BLD = Mlp(cfg, name="mlp")(_norm(cfg, "ln_mlp")(x_BLD))
     return x_BLD + self._dropout(h_BLD), None
 
@@ -207,54 +235,16 @@ class Transformer(nn.Module):
   def __call__(self, tokens_BL, segment_ids_BL=None, positions_BL=None, *, prefix_BL=None,
                token_types_BL=None, deterministic=True, decode=False):
     cfg = self.config
-    B, L = tokens_BL.shape
-    cache_index = None
-    if decode and self.has_variable("cache", "index"):
-      # Decoding step: the L queries sit at cache_index.., keys are the cache slots up to each query.
-      index = self.variable("cache", "index", jnp.zeros, (), jnp.int32)
-      cache_index = index.value
-      index.value = cache_index + L
-      positions_BL = jnp.broadcast_to(cache_index + jnp.arange(L), (B, L))
-      mask_B1LS = jnp.arange(self._cache_len()) <= positions_BL[:, None, :, None]
-    else:
-      if decode:  # initializing the cache: create the index, then run a normal forward pass
-        self.variable("cache", "index", jnp.zeros, (), jnp.int32)
-        segment_ids_BL = positions_BL = None
-      mask_B1LS = attention_mask(L, segment_ids_BL, prefix_BL, cfg.causal)  # built once, for all layers
-      if positions_BL is None:
-        positions_BL = (segment_positions(segment_ids_BL) if segment_ids_BL is not None
-                        else jnp.broadcast_to(jnp.arange(L), (B, L)))
-
-    embed = nn.Embed(cfg.vocab_size, cfg.d_model, dtype=cfg.dtype,
-                     embedding_init=_init(("vocab", "embed")), name="embed")
+    cache_index, positions_BL, mask_B1LS = self_attention_inputs(
+        self, tokens_BL.shape, segment_ids_BL, positions_BL, prefix_BL, cfg.causal, decode)
+    embed = token_embedding(cfg)
     x_BLD = embed(tokens_BL)
     if cfg.num_token_types:
       types = nn.Embed(cfg.num_token_types, cfg.d_model, dtype=cfg.dtype,
                        embedding_init=_init((None, "embed")), name="token_type_embed")
       x_BLD = x_BLD + types(jnp.zeros_like(tokens_BL) if token_types_BL is None else token_types_BL)
-    rope = None
-    if cfg.positions == "learned":
-      table_PD = self.param("pos_embed", _init((None, "embed")), (cfg.max_len, cfg.d_model))
-      x_BLD = x_BLD + table_PD[positions_BL].astype(cfg.dtype)
-    elif cfg.positions == "sinusoidal":
-      x_BLD = x_BLD + sinusoidal(positions_BL, cfg.d_model).astype(cfg.dtype)
-    else:
-      rope = rope_tables(positions_BL, cfg.head_dim, cfg.rope_base)
-    if cfg.dropout_rate > 0 and not deterministic:
-      x_BLD = nn.Dropout(cfg.dropout_rate)(x_BLD, deterministic=False)
-
-    block = Block
-    if cfg.remat != "none" and not decode:  # remat only matters for the backward pass
-      block = nn.remat(Block, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
-    if cfg.scan_layers:
-      block = nn.scan(block, variable_axes={"params": 0, "cache": 0},
-                      split_rngs={"params": True, "dropout": True}, in_axes=(nn.broadcast,) * 3,
-                      length=cfg.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
-      x_BLD, _ = block(cfg, deterministic, decode, name="blocks")(x_BLD, mask_B1LS, rope, cache_index)
-    else:
-      for i in range(cfg.num_layers):
-        x_BLD, _ = block(cfg, deterministic, decode, name=f"block_{i}")(x_BLD, mask_B1LS, rope,
-                                                                        cache_index)
+    x_BLD, rope = add_positions(self, cfg, x_BLD, positions_BL, deterministic)
+    x_BLD = run_blocks(cfg, x_BLD, mask_B1LS, rope, cache_index, deterministic=deterministic, decode=decode)
     x_BLD = _norm(cfg, "ln_final")(x_BLD)
     h_BLD = x_BLD
     if cfg.mlm_head:
@@ -262,12 +252,7 @@ class Transformer(nn.Module):
                                bias_init=_zeros((None,)), name="mlm_dense")(h_BLD))
       h_BLD = _norm(cfg, "mlm_norm")(h_BLD)
 
-    # Logits accumulate in float32 even when compute is bf16.
-    if cfg.tie_embeddings:
-      w_DV = embed.embedding.T
-    else:
-      w_DV = self.param("unembed", _init(("embed", "vocab")), (cfg.d_model, cfg.vocab_size))
-    logits_BLV = jnp.einsum("bld,dv->blv", h_BLD, w_DV.astype(cfg.dtype), preferred_element_type=jnp.float32)
+    logits_BLV = output_logits(self, cfg, embed, h_BLD)
     if cfg.mlm_head:
       logits_BLV = logits_BLV + self.param("output_bias", _zeros(("vocab",)), (cfg.vocab_size,))
     if not cfg.nsp_head:
@@ -279,13 +264,88 @@ class Transformer(nn.Module):
                       name="nsp")(pooled_BD)
     return logits_BLV, nsp_B2.astype(jnp.float32)
 
-  def _cache_len(self) -> int:
+
+# Pieces shared by the Transformer and the encoder-decoder (models/encdec.py); each is called from inside
+# a module's compact __call__ and creates its parameters and submodules there.
+
+
+def self_attention_inputs(module: nn.Module, shape, segment_ids_BL, positions_BL, prefix_BL, causal: bool,
+                          decode: bool):
+  """(cache_index, positions [B, L], self-attention mask [B|1, 1, L, S]), built once for all layers.
+
+  Decoding steps (decode=True with a cache): the L queries sit at cache_index.., keys are the cache
+  slots up to each query, and the cache index advances by L. decode=True without a cache initializes
+  it (a normal causal pass over an unpacked row, whose length becomes the cache length).
+  """
+  B, L = shape
+  if decode and module.has_variable("cache", "index"):
+    index = module.variable("cache", "index", jnp.zeros, (), jnp.int32)
+    cache_index = index.value
+    index.value = cache_index + L
+    positions_BL = jnp.broadcast_to(cache_index + jnp.arange(L), (B, L))
     # The cache length is the init input's length; read it off any layer's cached keys [.., B, S, H, K].
-    leaves = jax.tree_util.tree_leaves_with_path(self.variables["cache"])
-    return next(x.shape[-3] for path, x in leaves if "cached_key" in jax.tree_util.keystr(path))
+    leaves = jax.tree_util.tree_leaves_with_path(module.variables["cache"])
+    cache_len = next(x.shape[-3] for path, x in leaves if "cached_key" in jax.tree_util.keystr(path))
+    return cache_index, positions_BL, jnp.arange(cache_len) <= positions_BL[:, None, :, None]
+  if decode:
+    module.variable("cache", "index", jnp.zeros, (), jnp.int32)
+    segment_ids_BL = positions_BL = None
+  mask_B1LS = attention_mask(L, segment_ids_BL, prefix_BL, causal)
+  if positions_BL is None:
+    positions_BL = (segment_positions(segment_ids_BL) if segment_ids_BL is not None
+                    else jnp.broadcast_to(jnp.arange(L), (B, L)))
+  return None, positions_BL, mask_B1LS
 
 
-def init_cache(model: Transformer, batch_size: int, cache_len: int):
+def token_embedding(cfg: TransformerConfig, name: str = "embed") -> nn.Embed:
+  return nn.Embed(cfg.vocab_size, cfg.d_model, dtype=cfg.dtype, embedding_init=_init(("vocab", "embed")),
+                  name=name)
+
+
+def add_positions(module: nn.Module, cfg: TransformerConfig, x_BLD, positions_BL, deterministic: bool):
+  """Adds learned or sinusoidal position encodings (then embedding dropout); returns (x, rope tables or
+  None). A learned table is the module's `pos_embed` parameter."""
+  rope = None
+  if cfg.positions == "learned":
+    table_PD = module.param("pos_embed", _init((None, "embed")), (cfg.max_len, cfg.d_model))
+    x_BLD = x_BLD + table_PD[positions_BL].astype(cfg.dtype)
+  elif cfg.positions == "sinusoidal":
+    x_BLD = x_BLD + sinusoidal(positions_BL, cfg.d_model).astype(cfg.dtype)
+  else:
+    rope = rope_tables(positions_BL, cfg.head_dim, cfg.rope_base)
+  if cfg.dropout_rate > 0 and not deterministic:
+    x_BLD = nn.Dropout(cfg.dropout_rate)(x_BLD, deterministic=False)
+  return x_BLD, rope
+
+
+def run_blocks(cfg: TransformerConfig, x_BLD, mask_B1LS, rope, cache_index, *, deterministic: bool,
+               decode: bool, encoded_BSD=None, cross_mask_B1LS=None, name: str = "block"):
+  """num_layers Blocks named {name}_0.. (or one scanned `{name}s` with a leading layer axis)."""
+  block = Block
+  if cfg.remat != "none" and not decode:  # remat only matters for the backward pass
+    block = nn.remat(Block, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
+  args = (mask_B1LS, rope, cache_index, encoded_BSD, cross_mask_B1LS)
+  if cfg.scan_layers:
+    block = nn.scan(block, variable_axes={"params": 0, "cache": 0},
+                    split_rngs={"params": True, "dropout": True}, in_axes=(nn.broadcast,) * len(args),
+                    length=cfg.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
+    return block(cfg, deterministic, decode, name=f"{name}s")(x_BLD, *args)[0]
+  for i in range(cfg.num_layers):
+    x_BLD, _ = block(cfg, deterministic, decode, name=f"{name}_{i}")(x_BLD, *args)
+  return x_BLD
+
+
+def output_logits(module: nn.Module, cfg: TransformerConfig, embed: nn.Embed, h_BLD):
+  """float32 logits [B, L, V] through the tied embedding or the module's `unembed` parameter."""
+  if cfg.tie_embeddings:
+    w_DV = embed.embedding.T
+  else:
+    w_DV = module.param("unembed", _init(("embed", "vocab")), (cfg.d_model, cfg.vocab_size))
+  # Logits accumulate in float32 even when compute is bf16.
+  return jnp.einsum("bld,dv->blv", h_BLD, w_DV.astype(cfg.dtype), preferred_element_type=jnp.float32)
+
+
+def init_cache(model: "Transformer", batch_size: int, cache_len: int):
   """An empty KV cache (index 0) for decoding up to cache_len positions, without running the model."""
   tokens_BL = jax.ShapeDtypeStruct((batch_size, cache_len), jnp.int32)
   shapes = jax.eval_shape(lambda t: model.init(jax.random.key(0), t, decode=True)["cache"], tokens_BL)

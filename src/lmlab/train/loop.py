@@ -13,7 +13,7 @@ from jax.experimental import multihost_utils
 from lmlab import config as config_lib
 from lmlab import objectives
 from lmlab.data import batches, pipeline, sources, tokenizer
-from lmlab.decode import fill_mask, sampling
+from lmlab.decode import fill_mask, sampling, seq2seq
 from lmlab.models import ngram
 from lmlab.train import checkpoint, logger, partitioning, trainer
 
@@ -104,11 +104,19 @@ def describe(result: dict) -> str:
 
 def complete(cfg, trn: trainer.Trainer, params, sp, prompts, seed: int) -> list[str]:
   """What each family does with a prompt: causal models continue it (decode/sampling.py), masked-LM
-  models fill its [MASK]s with their top_k candidates (decode/fill_mask.py)."""
+  models fill its [MASK]s with their top_k candidates (decode/fill_mask.py), encoder-decoders decode
+  the targets of the corrupted prompt (decode/seq2seq.py: sampling or beam search)."""
   if cfg.objective.name in ("mlm", "mlm_nsp"):
     fills = fill_mask.fill_mask(trn.model, params, sp, prompts, seq_len=cfg.data.seq_len,
                                 top_k=cfg.sample.top_k or 5, pair=cfg.objective.name == "mlm_nsp")
     return [fill_mask.describe(candidates) for candidates in fills]
+  if cfg.model.family == "encoder_decoder":  # the prompt is the corrupted input; decode its targets
+    inputs = [sp.encode(p)[:cfg.data.seq_len - 1] + [tokenizer.EOS_ID] for p in prompts]
+    outputs = seq2seq.generate(
+        trn.model, params, inputs, max_len=cfg.sample.max_new_tokens, rng=jax.random.PRNGKey(seed),
+        eos_id=tokenizer.EOS_ID, temperature=cfg.sample.temperature, top_k=cfg.sample.top_k,
+        top_p=cfg.sample.top_p, beam_size=cfg.sample.beam_size, alpha=cfg.sample.length_penalty)
+    return [sp.decode(ids) for ids in outputs]
   prompt_ids = [[tokenizer.BOS_ID] + sp.encode(p) for p in prompts]
   outputs = sampling.sample(
       trn.model, params, prompt_ids, max_new_tokens=cfg.sample.max_new_tokens, rng=jax.random.PRNGKey(seed),

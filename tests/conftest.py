@@ -18,3 +18,29 @@ def bbc_data_dir(tmp_path_factory):
   tfds.disable_progress_bar()
   tfds.builder("bbc_news", data_dir=data_dir).download_and_prepare()
   return data_dir
+
+
+@pytest.fixture(scope="session")
+def overfit():
+  """overfit(model, params, x_BL, steps) -> final next-token loss of adam(1e-2) on one batch."""
+  import jax
+  import optax
+
+  def run(model, params, x_BL, steps):
+    opt = optax.adam(1e-2)
+
+    @jax.jit
+    def step(params, opt_state):
+      def loss_fn(p):
+        logits = model.apply({"params": p}, x_BL[:, :-1])
+        return optax.softmax_cross_entropy_with_integer_labels(logits, x_BL[:, 1:]).mean()
+      loss, grads = jax.value_and_grad(loss_fn)(params)
+      updates, opt_state = opt.update(grads, opt_state)
+      return optax.apply_updates(params, updates), opt_state, loss
+
+    opt_state = opt.init(params)
+    for _ in range(steps):
+      params, opt_state, loss = step(params, opt_state)
+    return float(loss)
+
+  return run

@@ -6,7 +6,7 @@ import pytest
 
 from lmlab import config as config_lib
 from lmlab.data import batches, pipeline, tokenizer
-from lmlab.train import partitioning, trainer
+from lmlab.train import checkpoint, partitioning, trainer
 
 V = 64
 PAIRS = [("decoder", "prefix_lm"), ("encoder", "mlm"), ("encoder", "mlm_nsp"),
@@ -44,11 +44,11 @@ def documents(count=40, seed=0):
                           [tokenizer.EOS_ID]]).astype(np.int32) for _ in range(count)]
 
 
-def make_batches(cfg, count):
-  """`count` transformed training batches, as the input pipeline makes them."""
+def make_batches(cfg, count, start_step=0):
+  """`count` transformed training batches from `start_step` on, as the input pipeline makes them."""
   data = batches.for_config(cfg, FakeTokenizer())
-  ds = pipeline.train_dataset(data.rows(documents()), cfg.data.batch_size, cfg.seed, transform=data.transform,
-                              spec=data.spec(cfg.data.batch_size))
+  ds = pipeline.train_dataset(data.rows(documents()), cfg.data.batch_size, cfg.seed, start_step,
+                              transform=data.transform, spec=data.spec(cfg.data.batch_size))
   return list(ds.take(count).as_numpy_iterator())
 
 
@@ -56,9 +56,9 @@ def mesh_of(shape):
   return partitioning.make_mesh(shape, jax.devices()[:int(np.prod(shape))])
 
 
-def train(cfg, mesh, data, steps):
-  trn = trainer.Trainer(cfg, V, mesh)
-  state = trn.init_state(jax.random.PRNGKey(0))
+def train(cfg, mesh, data, steps, trn=None, state=None):
+  trn = trn or trainer.Trainer(cfg, V, mesh)
+  state = state if state is not None else trn.init_state(jax.random.PRNGKey(0))
   history = []
   for i in range(steps):
     state, metrics = trn.train_step(state, partitioning.global_batch(data[i % len(data)], mesh))
@@ -82,6 +82,21 @@ def test_sharded_step_matches_single_device(family, objective):
   # Parameters really are split over the mesh.
   assert any(len(leaf.sharding.device_set) == 8 and leaf.addressable_shards[0].data.size < leaf.size
              for leaf in jax.tree_util.tree_leaves(state8.params))
+
+
+@pytest.mark.parametrize("family,objective", PAIRS)
+def test_checkpoint_resume_repeats_the_losses(family, objective, tmp_path):
+  cfg = tiny_config(family, objective, **{"model.dropout_rate": 0.1})  # dropout keys must resume too
+  mesh = mesh_of((1, 1, 1))
+  trn, _, straight = train(cfg, mesh, make_batches(cfg, 4), 4)
+  _, state, _ = train(cfg, mesh, make_batches(cfg, 2), 2, trn=trn)
+  manager = checkpoint.make_manager(str(tmp_path), keep=1)
+  checkpoint.save(manager, state, {})
+  manager.wait_until_finished()
+  restored, _ = checkpoint.restore(manager, trn.abstract_state)
+  manager.close()
+  _, _, resumed = train(cfg, mesh, make_batches(cfg, 2, start_step=2), 2, trn=trn, state=restored)
+  np.testing.assert_allclose([m["loss"] for m in resumed], [m["loss"] for m in straight[2:]], rtol=1e-6)
 
 
 @pytest.mark.parametrize("family,objective", PAIRS)

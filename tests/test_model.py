@@ -7,7 +7,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from lmlab import config as config_lib
@@ -282,26 +281,10 @@ def test_prompt_too_long_raises():
     sample(model, init(model), [[1] * 10], max_new_tokens=7, rng=jax.random.key(0))
 
 
-def test_overfits_one_batch():
+def test_overfits_one_batch(overfit):
   model = make(positions="rotary", norm="rmsnorm", mlp_activation="swiglu", use_bias=False,
                scan_layers=True, remat="full")
-  x = tokens(5, (4, 16))
-  params = nn.meta.unbox(init(model))
-  opt = optax.adam(1e-2)
-
-  @jax.jit
-  def step(params, opt_state):
-    def loss_fn(p):
-      logits = model.apply({"params": p}, x[:, :-1])
-      return optax.softmax_cross_entropy_with_integer_labels(logits, x[:, 1:]).mean()
-    loss, grads = jax.value_and_grad(loss_fn)(params)
-    updates, opt_state = opt.update(grads, opt_state)
-    return optax.apply_updates(params, updates), opt_state, loss
-
-  opt_state = opt.init(params)
-  for _ in range(200):
-    params, opt_state, loss = step(params, opt_state)
-  assert loss < 0.1, loss
+  assert overfit(model, nn.meta.unbox(init(model)), tokens(5, (4, 16)), 200) < 0.1
 
 
 def changed_positions(model, params, x, t, **kw):

@@ -41,11 +41,6 @@ def pack_documents(docs: list[np.ndarray], seq_len: int) -> dict:
   return {"tokens": rows(stream_N), "segment_ids": rows(segment_ids_N), "positions": rows(positions_N)}
 
 
-def num_tokens(packed: dict) -> int:
-  """Non-padding tokens in a packed set."""
-  return int(np.count_nonzero(packed["segment_ids"]))
-
-
 Transform = Callable[[dict, np.random.Generator], dict]
 
 

@@ -160,8 +160,6 @@ def _select_words(tokens_BL, segment_ids_BL, maskable_BL, count_B, word_start_V,
 # ---------------------------------------------------------------------------------------------------------
 # Next-sentence prediction (BERT)
 
-PAIR_KEYS = ("first", "second", "first_len", "second_len", "doc_id")
-
 
 def nsp_half(seq_len: int) -> int:
   """Tokens per sentence half: [CLS] A [SEP] B [SEP] with len(A), len(B) <= half fits seq_len."""

@@ -77,16 +77,16 @@ def evaluate(trn: trainer.Trainer, params, rows: dict, data: batches.ObjectiveDa
              max_batches: int, seed: int) -> dict:
   """Weighted loss, perplexity and accuracy (of the objective's targets: next tokens, or masked tokens)
   and next-sentence accuracy over the validation rows of every process."""
-  batches_ = list(pipeline.eval_batches(rows, local_batch, transform=data.transform, seed=seed))
-  count = len(batches_)
+  local_batches = list(pipeline.eval_batches(rows, local_batch, transform=data.transform, seed=seed))
+  count = len(local_batches)
   if jax.process_count() > 1:  # every process must run the same number of steps
     count = int(np.max(multihost_utils.process_allgather(np.asarray(count))))
   if max_batches:
     count = min(count, max_batches)
-  empty = {k: np.zeros_like(v) for k, v in batches_[0].items()}
+  empty = {k: np.zeros_like(v) for k, v in local_batches[0].items()}
   totals = None
   for i in range(count):
-    batch = partitioning.global_batch(batches_[i] if i < len(batches_) else empty, trn.mesh)
+    batch = partitioning.global_batch(local_batches[i] if i < len(local_batches) else empty, trn.mesh)
     sums = trn.eval_step(params, batch)
     totals = sums if totals is None else jax.tree_util.tree_map(lambda a, b: a + b, totals, sums)
   result = {k: float(v) for k, v in jax.device_get(objectives.metrics(totals)).items()}

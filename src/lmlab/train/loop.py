@@ -73,11 +73,10 @@ def encoded_split(cfg, sp, split: str) -> list[np.ndarray]:
   return tokenizer.encode_documents(sp, docs)
 
 
-def evaluate(trn: trainer.Trainer, params, rows: dict, data: batches.ObjectiveData, local_batch: int,
-             max_batches: int, seed: int) -> dict:
+def evaluate(trn: trainer.Trainer, params, local_batches: list[dict], max_batches: int) -> dict:
   """Weighted loss, perplexity and accuracy (of the objective's targets: next tokens, or masked tokens)
-  and next-sentence accuracy over the validation rows of every process."""
-  local_batches = list(pipeline.eval_batches(rows, local_batch, transform=data.transform, seed=seed))
+  and next-sentence accuracy over the validation batches of every process; `local_batches` are this
+  process's share."""
   count = len(local_batches)
   if jax.process_count() > 1:  # every process must run the same number of steps
     count = int(np.max(multihost_utils.process_allgather(np.asarray(count))))
@@ -161,8 +160,9 @@ def train_and_evaluate(cfg) -> dict:
   train_iter = pipeline.train_dataset(train_rows, local_batch, cfg.seed, start_step, jax.process_index(),
                                       cfg.data.prefetch, data.transform, data.spec(local_batch)
                                       ).as_numpy_iterator()
-  evaluate_now = lambda params: evaluate(trn, params, eval_rows, data, local_batch, cfg.train.eval_batches,
-                                         cfg.seed)
+  # Transformed once: evaluation batches are fixed (seeded by their index), whatever the step.
+  eval_list = list(pipeline.eval_batches(eval_rows, local_batch, transform=data.transform, seed=cfg.seed))
+  evaluate_now = lambda params: evaluate(trn, params, eval_list, cfg.train.eval_batches)
 
   # --- Train loop. Metrics of a log step are pulled to the host after the next step is dispatched.
   record = {"name": cfg.name}

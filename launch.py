@@ -5,6 +5,9 @@ r"""lmlab's command line.
       (continues the prompt; fills its [MASK]s for masked-LM runs; decodes the targets of a corrupted
       prompt such as "Shares <extra_id_0> sharply" for encoder-decoder runs, --beam_size for beam search)
   python launch.py sweep --config experiments/gpt.py:size=tiny                            run get_sweep()
+  python launch.py --config experiments/finetune.py:task=topic --config.init_from=runs/gpt_small   fine-tune
+  python launch.py predict --workdir runs/finetune_topic --text "Shares rose..." [--input file.txt]
+      (a fine-tuned run's label with class probabilities, or its generated output; --input: one text per line)
 
 Multi-host: start one process per host with --num_processes, --process_id and --coordinator_address
 (host:port of process 0); every process runs the same command.
@@ -32,11 +35,13 @@ flags.DEFINE_integer("top_k", None, "sample: keep the k most likely tokens (0: o
 flags.DEFINE_float("top_p", None, "sample: nucleus probability mass (1: off).")
 flags.DEFINE_integer("beam_size", None, "sample: beams for encoder-decoder beam search (0: sample).")
 flags.DEFINE_integer("seed", 0, "sample: random seed.")
+flags.DEFINE_multi_string("text", None, "predict: text(s) to classify or generate from.")
+flags.DEFINE_string("input", None, "predict: a UTF-8 file with one text per line.")
 flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0.")
 flags.DEFINE_integer("num_processes", 1, "Multi-host: number of processes.")
 flags.DEFINE_integer("process_id", 0, "Multi-host: index of this process.")
 FLAGS = flags.FLAGS
-COMMANDS = ("train", "sample", "sweep")
+COMMANDS = ("train", "sample", "predict", "sweep")
 
 
 def _init_distributed():
@@ -57,11 +62,19 @@ def _experiment_module():
   return module
 
 
-def train(cfg):
+def _run(cfg):
+  """Pretraining, or fine-tuning for a config with a task section (experiments/finetune.py)."""
+  if "task" in cfg:
+    from lmlab.tasks import finetune
+    return finetune.run(cfg)
   from lmlab.train import loop
+  return loop.train_and_evaluate(cfg)
+
+
+def train(cfg):
   if FLAGS.workdir:
     cfg.workdir = FLAGS.workdir
-  loop.train_and_evaluate(cfg)
+  _run(cfg)
 
 
 def sample():
@@ -73,9 +86,29 @@ def sample():
     print(f"{prompt} -> {text}")
 
 
+def predict():
+  from lmlab.tasks import finetune
+  if not FLAGS.workdir:
+    raise app.UsageError("predict needs --workdir, the work directory of a fine-tuning run.")
+  texts = list(FLAGS.text or [])
+  if FLAGS.input:
+    if not os.path.exists(FLAGS.input):
+      raise app.UsageError(f"--input {FLAGS.input} does not exist.")
+    with open(FLAGS.input, encoding="utf-8") as f:
+      texts += [line.strip() for line in f if line.strip()]
+  for text, result in zip(texts, finetune.predict_workdir(FLAGS.workdir, texts)):
+    shown = text if len(text) <= 80 else text[:77] + "..."
+    if "output" in result:
+      print(f"{shown} -> {result['output']}")
+      continue
+    values = result.get("probabilities") or result["scores"]
+    kind = "probabilities" if "probabilities" in result else "SVM scores"
+    ranked = ", ".join(f"{name} {value:.3f}" for name, value in sorted(values.items(), key=lambda kv: -kv[1]))
+    print(f"{shown} -> {result['label']} ({kind}: {ranked})")
+
+
 def sweep(cfg):
   from lmlab import config as config_lib
-  from lmlab.train import loop
   module = _experiment_module()
   if not hasattr(module, "get_sweep"):
     raise app.UsageError(f"{module.__file__} declares no get_sweep().")
@@ -84,10 +117,10 @@ def sweep(cfg):
     run_cfg = copy.deepcopy(cfg).unlock()
     for key, value in overrides.items():
       config_lib.set_by_path(run_cfg, key, value)
-    name = ",".join(f"{k}={v}" for k, v in overrides.items())
+    name = ",".join(f"{k}={v}" for k, v in overrides.items()).replace(os.sep, "_")
     run_cfg.workdir = os.path.join(base_dir, f"{i:02d}_{name}")
     print(f"=== sweep run {i}: {name}")
-    loop.train_and_evaluate(run_cfg)
+    _run(run_cfg)
 
 
 def main(argv):
@@ -101,6 +134,8 @@ def main(argv):
   try:
     if command == "sample":
       sample()
+    elif command == "predict":
+      predict()
     else:
       (sweep if command == "sweep" else train)(copy.deepcopy(FLAGS.config).unlock())
   except (config_lib.ConfigError, checkpoint.CheckpointError) as e:

@@ -56,13 +56,13 @@ def default_config() -> ConfigDict:
   # TFDS dataset name (with optional config/version), e.g. "bbc_news" or "lm1b".
   d.tfds_name = "bbc_news"
   # TFDS data directory; None: TFDS's default (~/tensorflow_datasets or $TFDS_DATA_DIR).
-  d.tfds_data_dir = None
+  d.tfds_data_dir = ml_collections.config_dict.placeholder(str)
   # Feature holding the document text in the TFDS dataset.
   d.text_key = "text"
   # Allow TFDS to download a catalog dataset that is not prepared yet (needs internet).
   d.tfds_download = False
   # TFDS manual_dir holding source files downloaded by hand, for datasets that cannot be fetched here.
-  d.tfds_manual_dir = None
+  d.tfds_manual_dir = ml_collections.config_dict.placeholder(str)
   # Split names used for training and validation.
   d.train_split = "train"
   d.eval_split = "validation"
@@ -281,9 +281,12 @@ def _check_type(name, value, default):
         f"(default {default!r}).")
 
 
-def validate(cfg: ConfigDict, num_devices: int | None = None, process_count: int = 1) -> None:
-  """Raises ConfigError for the first problem found; checks everything that can fail before compute."""
-  schema = _flatten(default_config())
+def validate(cfg: ConfigDict, num_devices: int | None = None, process_count: int = 1,
+             schema: ConfigDict | None = None) -> None:
+  """Raises ConfigError for the first problem found; checks everything that can fail before compute.
+
+  `schema` is the config with every known key (default: default_config(); fine-tuning passes its own)."""
+  schema = _flatten(default_config() if schema is None else schema)
   given = _flatten(cfg)
   for name in given:
     if name not in schema:
@@ -292,7 +295,8 @@ def validate(cfg: ConfigDict, num_devices: int | None = None, process_count: int
       raise ConfigError(f"Unknown config key config.{name}.{hint}")
   for name, default in schema.items():
     if name not in given:
-      raise ConfigError(f"config.{name} is missing; start experiment files from lmlab.config.default_config().")
+      raise ConfigError(f"config.{name} is missing; start experiment files from the default config "
+                        "(lmlab.config.default_config(), or lmlab.tasks.config.default_config() to fine-tune).")
     _check_type(name, given[name], default)
   for name, options in CHOICES.items():
     if given[name] not in options:

@@ -3,20 +3,25 @@
 Decoder, encoder and recurrent families read the packed-row batch keys tokens / segment_ids / positions
 (plus prefix for prefix LM and token_types for BERT pairs); the encoder-decoder reads encoder_* and
 decoder_inputs / decoder_* keys. All return a dict with float32 `logits` [B, L, V] (and `nsp_logits`
-[B, 2] for mlm_nsp). The ngram family has no Flax module (see models/ngram.py).
+[B, 2] for mlm_nsp). With num_classes, `build` wraps the family's model in a heads.Classifier whose
+`logits` are class logits [B, C]. The ngram family has no Flax module (see models/ngram.py).
 """
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from lmlab.models import encdec, recurrent, transformer
+from lmlab.models import encdec, heads, recurrent, transformer
 
 ENCDEC_INPUTS = ("encoder_tokens", "decoder_inputs", "encoder_segment_ids", "decoder_segment_ids",
                  "encoder_positions", "decoder_positions")
 
 
-def build(cfg, vocab_size: int) -> nn.Module:
-  """The Flax module of cfg.model.family, shaped for cfg.objective."""
+def build(cfg, vocab_size: int, num_classes: int = 0, pooling: str = "last", freeze_body: bool = False
+          ) -> nn.Module:
+  """The Flax module of cfg.model.family, shaped for cfg.objective; num_classes > 0: that module as the
+  body of a classifier with the given pooling (see models/heads.py)."""
+  if num_classes:
+    return heads.Classifier(build(cfg, vocab_size), num_classes, pooling, freeze_body, cfg.model.dropout_rate)
   family, objective = cfg.model.family, cfg.objective.name
   if family == "rnn":
     return recurrent.RecurrentLM(recurrent.RecurrentConfig.from_config(
@@ -42,6 +47,8 @@ def apply(model: nn.Module, variables, batch: dict, **kwargs) -> dict:
   if isinstance(model, encdec.EncoderDecoder):
     return {"logits": model.apply(variables, *(batch[key] for key in ENCDEC_INPUTS), **kwargs)}
   inputs = (batch["tokens"], batch.get("segment_ids"), batch.get("positions"))
+  if isinstance(model, heads.Classifier):
+    return {"logits": model.apply(variables, *inputs, **kwargs)}
   if isinstance(model, transformer.Transformer):
     for key in ("prefix", "token_types"):
       if key in batch:

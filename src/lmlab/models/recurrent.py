@@ -131,7 +131,9 @@ class RecurrentLM(nn.Module):
   config: RecurrentConfig
 
   @nn.compact
-  def __call__(self, tokens_BL, segment_ids_BL=None, positions_BL=None, *, deterministic=True):
+  def __call__(self, tokens_BL, segment_ids_BL=None, positions_BL=None, *, deterministic=True,
+               features=False):
+    """features=True returns the last layer's hidden states [B, L, D] instead of logits (task heads)."""
     del positions_BL  # order comes from the recurrence; accepted to match the Transformer's signature
     cfg = self.config
     if segment_ids_BL is None:
@@ -144,6 +146,8 @@ class RecurrentLM(nn.Module):
     x_BLD = self._dropout(embed(tokens_BL), deterministic)
     for i in range(cfg.num_layers):
       x_BLD = self._dropout(RecurrentLayer(cfg, name=f"layer_{i}")(x_BLD, segment_ids_BL), deterministic)
+    if features:
+      return x_BLD
 
     # Logits accumulate in float32 even when compute is bf16.
     if cfg.tie_embeddings:

@@ -233,7 +233,9 @@ class Transformer(nn.Module):
 
   @nn.compact
   def __call__(self, tokens_BL, segment_ids_BL=None, positions_BL=None, *, prefix_BL=None,
-               token_types_BL=None, deterministic=True, decode=False):
+               token_types_BL=None, deterministic=True, decode=False, features=False):
+    """features=True returns the final hidden states [B, L, D] (after ln_final) instead of logits, for
+    task heads; the output layers are then not run (nor created at init)."""
     cfg = self.config
     cache_index, positions_BL, mask_B1LS = self_attention_inputs(
         self, tokens_BL.shape, segment_ids_BL, positions_BL, prefix_BL, cfg.causal, decode)
@@ -246,6 +248,8 @@ class Transformer(nn.Module):
     x_BLD, rope = add_positions(self, cfg, x_BLD, positions_BL, deterministic)
     x_BLD = run_blocks(cfg, x_BLD, mask_B1LS, rope, cache_index, deterministic=deterministic, decode=decode)
     x_BLD = _norm(cfg, "ln_final")(x_BLD)
+    if features:
+      return x_BLD
     h_BLD = x_BLD
     if cfg.mlm_head:
       h_BLD = nn.gelu(nn.Dense(cfg.d_model, dtype=cfg.dtype, kernel_init=_init(("embed", None)),

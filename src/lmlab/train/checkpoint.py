@@ -25,17 +25,26 @@ def fingerprint(tree) -> jax.Array:
   return sum(jnp.sum(jnp.abs(x.astype(jnp.float32))) for x in leaves) + len(leaves)
 
 
-def make_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=True)
+def make_manager(workdir: str, keep: int, best_metric: str | None = None,
+                 best_mode: str = "max") -> ocp.CheckpointManager:
+  """Keeps the `keep` latest checkpoints, or with best_metric the `keep` best by that metric (saved
+  with each checkpoint, see save) in best_mode ("max" or "min")."""
+  best = {}
+  if best_metric:
+    best = dict(best_fn=lambda metrics: metrics[best_metric], best_mode=best_mode,
+                keep_checkpoints_without_metrics=False)
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=True,
+                                         **best)
   return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"), options=options)
 
 
-def save(manager: ocp.CheckpointManager, state, record: dict) -> None:
-  """Starts an async save of `state` at its step; `record` (JSON) is saved beside it."""
+def save(manager: ocp.CheckpointManager, state, record: dict, metrics: dict | None = None) -> None:
+  """Starts an async save of `state` at its step; `record` (JSON) is saved beside it, `metrics` ranks it
+  for a best-k manager."""
   step = int(jax.device_get(state.step))
   record = dict(record, step=step, fingerprint=float(jax.device_get(fingerprint(state))))
   manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                             record=ocp.args.JsonSave(record)), force=True)
+                                             record=ocp.args.JsonSave(record)), metrics=metrics, force=True)
 
 
 def _ignore_orphaned_reads() -> None:

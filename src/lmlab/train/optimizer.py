@@ -1,8 +1,14 @@
 """AdamW with linear warmup then cosine decay, global-norm clipping and masked weight decay."""
 
+import re
+
 import flax.linen as nn
 import jax
+import numpy as np
 import optax
+
+_LAYER_KEY = re.compile(r"^(?:block|layer)_(\d+)$")
+_EMBEDDING_KEYS = ("embed", "pos_embed", "token_type_embed")
 
 
 def learning_rate_schedule(optim_cfg, num_steps: int) -> optax.Schedule:
@@ -32,11 +38,56 @@ def decay_mask(boxed_params):
       decays, boxed_params, is_leaf=lambda x: isinstance(x, nn.Partitioned))
 
 
-def make_optimizer(optim_cfg, num_steps: int, boxed_params) -> optax.GradientTransformation:
+def layer_lr_scales(boxed_params, num_layers: int, layer_decay: float = 1.0, freeze_body: bool = False):
+  """Per-parameter learning-rate multipliers for fine-tuning, a tree like the params.
+
+  Depth: the embeddings are layer 0, block/layer i is i + 1 (a scanned `blocks` stack gets one scale per
+  layer slice), any other body parameter (final norms, ...) num_layers, and everything outside the
+  classifier's `body` (the task head) num_layers + 1, which keeps the full rate. The multiplier is
+  layer_decay ** (num_layers + 1 - depth), and 0 for the body when freeze_body.
+  """
+  top = num_layers + 1
+
+  def scale(path, leaf):
+    keys = [str(getattr(p, "key", p)) for p in path]
+    if keys[0] == "head":  # the classifier's head; a model without one is all body (generation)
+      return np.float32(1.0)
+    if freeze_body:
+      return np.float32(0.0)
+    depth = num_layers
+    for key in keys:
+      match = _LAYER_KEY.match(key)
+      if match:
+        depth = int(match.group(1)) + 1
+      elif key in _EMBEDDING_KEYS:
+        depth = 0
+    if "blocks" in keys:  # layer-stacked params [num_layers, ...]: a scale per slice
+      shape = (num_layers,) + (1,) * (np.ndim(nn.unbox(leaf)) - 1)
+      return (layer_decay ** (top - 1 - np.arange(num_layers))).astype(np.float32).reshape(shape)
+    return np.float32(layer_decay ** (top - depth))
+
+  return jax.tree_util.tree_map_with_path(scale, boxed_params, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+
+
+def scale_by_tree(scales) -> optax.GradientTransformation:
+  """Multiplies each update by its entry of `scales` (a tree like the params; arrays broadcast)."""
+
+  def update_fn(updates, state, params=None):
+    del params
+    return jax.tree_util.tree_map(lambda u, s: u * s, updates, scales), state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
+def make_optimizer(optim_cfg, num_steps: int, boxed_params, lr_scales=None) -> optax.GradientTransformation:
+  """lr_scales: optional per-parameter multipliers of the learning rate (see layer_lr_scales); they
+  scale the whole AdamW update, decoupled weight decay included, so a 0 freezes a parameter."""
   schedule = learning_rate_schedule(optim_cfg, num_steps)
   parts = []
   if optim_cfg.grad_clip > 0:
     parts.append(optax.clip_by_global_norm(optim_cfg.grad_clip))
   parts.append(optax.adamw(schedule, b1=optim_cfg.b1, b2=optim_cfg.b2, eps=optim_cfg.eps,
                            weight_decay=optim_cfg.weight_decay, mask=decay_mask(boxed_params)))
+  if lr_scales is not None:
+    parts.append(scale_by_tree(lr_scales))
   return optax.chain(*parts)

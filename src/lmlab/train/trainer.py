@@ -20,16 +20,22 @@ class Trainer:
   in/out shardings carry the mesh (no global mesh context), and the train state is donated.
   """
 
-  def __init__(self, cfg, vocab_size: int, mesh):
+  def __init__(self, cfg, vocab_size: int, mesh, model=None, layer_decay: float = 1.0,
+               freeze_body: bool = False):
+    """model: default models.build(cfg, vocab_size); fine-tuning passes its task model, and the
+    layer-wise learning-rate decay / body freezing of optimizer.layer_lr_scales."""
     self.cfg, self.mesh = cfg, mesh
-    self.model = models.build(cfg, vocab_size)
+    self.model = models.build(cfg, vocab_size) if model is None else model
     self.schedule = optimizer.learning_rate_schedule(cfg.optim, cfg.train.num_steps)
     rows = cfg.data.batch_size // cfg.optim.grad_accum_steps
     self._dummy_inputs = models.dummy_inputs(self.model, rows, cfg.data.seq_len)
 
     # Logical axis names live on the boxed parameters; the state itself holds plain arrays.
     boxed_params = jax.eval_shape(self._init_params, jax.random.PRNGKey(0))
-    self.tx = optimizer.make_optimizer(cfg.optim, cfg.train.num_steps, boxed_params)
+    scales = None
+    if layer_decay != 1.0 or freeze_body:
+      scales = optimizer.layer_lr_scales(boxed_params, cfg.model.num_layers, layer_decay, freeze_body)
+    self.tx = optimizer.make_optimizer(cfg.optim, cfg.train.num_steps, boxed_params, scales)
     param_specs = nn.get_partition_spec(boxed_params)
     abstract_params = nn.unbox(boxed_params)
     opt_specs = optax.tree_map_params(
@@ -66,6 +72,7 @@ class Trainer:
 
   def flops_per_token(self) -> float:
     params = self.abstract_state.params
-    if isinstance(self.model, recurrent.RecurrentLM):
-      return recurrent.flops_per_token(self.model.config, params)
-    return transformer.flops_per_token(self.model.config, self.cfg.data.seq_len, params)
+    model = getattr(self.model, "body", self.model)  # a classifier's cost is its body's (the head is tiny)
+    if isinstance(model, recurrent.RecurrentLM):
+      return recurrent.flops_per_token(model.config, params)
+    return transformer.flops_per_token(model.config, self.cfg.data.seq_len, params)

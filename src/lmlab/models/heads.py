@@ -1,0 +1,56 @@
+"""Task heads on any family's body: a sequence classifier over pooled hidden states.
+
+The body is the pretraining model itself (a Transformer, RecurrentLM or EncoderDecoder module), held as
+the submodule `body`, so its parameter tree is the pretrained one minus the language-model output layers
+(which are never run). Shape suffixes: B batch, L length, D d_model, C classes.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lmlab.models import encdec
+
+POOLINGS = ("first", "last", "mean")
+
+
+def pool(x_BLD, segment_ids_BL, pooling: str):
+  """[B, D] from the real tokens (segment > 0) of each row: the first, the last, or their mean."""
+  real_BL = segment_ids_BL > 0
+  if pooling == "first":
+    return x_BLD[:, 0]
+  if pooling == "last":
+    last_B = jnp.maximum(jnp.sum(real_BL, axis=1) - 1, 0)
+    return jnp.take_along_axis(x_BLD, last_B[:, None, None], axis=1)[:, 0]
+  if pooling == "mean":
+    count_B1 = jnp.maximum(jnp.sum(real_BL, axis=1, keepdims=True), 1)
+    return jnp.sum(jnp.where(real_BL[..., None], x_BLD, 0), axis=1) / count_B1
+  raise ValueError(f"pooling = {pooling!r} is not one of {', '.join(POOLINGS)}.")
+
+
+class Classifier(nn.Module):
+  """body -> hidden states [B, L, D] (the encoder's for an encoder-decoder) -> pool -> dropout -> linear
+  head. Returns float32 class logits [B, C]. freeze_body stops gradients at the pooled features, so a
+  linear probe costs no backward pass through the body."""
+  body: nn.Module
+  num_classes: int
+  pooling: str = "last"
+  freeze_body: bool = False
+  dropout_rate: float = 0.0
+
+  @nn.compact
+  def __call__(self, tokens_BL, segment_ids_BL=None, positions_BL=None, *, deterministic=True):
+    if segment_ids_BL is None:
+      segment_ids_BL = (tokens_BL != 0).astype(jnp.int32)
+    if isinstance(self.body, encdec.EncoderDecoder):
+      h_BLD = self.body.encode(tokens_BL, segment_ids_BL, positions_BL, deterministic=deterministic)
+    else:
+      h_BLD = self.body(tokens_BL, segment_ids_BL, positions_BL, deterministic=deterministic, features=True)
+    pooled_BD = pool(h_BLD.astype(jnp.float32), segment_ids_BL, self.pooling)
+    if self.freeze_body:
+      pooled_BD = jax.lax.stop_gradient(pooled_BD)
+    if self.dropout_rate > 0 and not deterministic:
+      pooled_BD = nn.Dropout(self.dropout_rate)(pooled_BD, deterministic=False)
+    return nn.Dense(self.num_classes, kernel_init=nn.with_logical_partitioning(
+        nn.initializers.normal(0.02), ("embed", None)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (None,)), name="head")(pooled_BD)

@@ -1,0 +1,1 @@
+"""Downstream tasks: task data, fine-tuning, metrics and baselines."""

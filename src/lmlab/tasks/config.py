@@ -1,0 +1,212 @@
+"""The fine-tuning config: lmlab.config's schema plus `init_from`, `task` and `finetune`, its validation,
+and `resolve`, which takes the architecture from the pretraining run named by `init_from`.
+
+With init_from set, the model (except dropout), the objective it was built for and data.seq_len come
+from that run's config.json: the checkpoint defines them. The tokenizer is part of the experiment on both
+sides, so a task config whose tokenizer differs from the run's is an error, not silently replaced.
+"""
+
+import json
+import os
+
+import ml_collections
+
+from lmlab import config as config_lib
+from lmlab.config import ConfigError
+
+TASKS = {"bbc_topic": "classification", "bbc_headline": "generation",
+         "classification_file": "classification", "generation_file": "generation"}
+POOLINGS = ("auto", "first", "last", "mean")
+METRICS = {"classification": ("auto", "accuracy", "macro_f1", "loss"),
+           "generation": ("auto", "rougeL", "rouge1", "rouge2", "bleu", "loss")}
+BASELINES = ("", "tfidf_svm")
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """lmlab.config.default_config() plus the fine-tuning fields, with their defaults."""
+  c = config_lib.default_config()
+  c.name = "finetune"
+  # A pretraining work directory (its latest checkpoint) or one of its checkpoint steps
+  # (DIR/checkpoints/STEP); None: train the same architecture from scratch (the control).
+  c.init_from = ml_collections.config_dict.placeholder(str)
+
+  c.task = t = ml_collections.ConfigDict()
+  # bbc_topic (5-way topic classification), bbc_headline (article -> headline), classification_file
+  # or generation_file (the user's CSV / JSONL files below).
+  t.name = "bbc_topic"
+  # Fraction of the training examples kept (stratified by class, chosen by config.seed).
+  t.label_fraction = 1.0
+  # The user's files (.csv with a header row, or .jsonl); validation/test files may be "" to carve those
+  # splits out of train_file by hashing each example's text with the percentages below.
+  t.train_file = ""
+  t.validation_file = ""
+  t.test_file = ""
+  t.validation_percent = 10
+  t.test_percent = 10
+  # Column (CSV) or key (JSONL) names.
+  t.text_field = "text"
+  t.label_field = "label"
+  t.source_field = "source"
+  t.target_field = "target"
+  # Generation: target tokens (without EOS) trained on and generated at most.
+  t.max_target_len = 24
+
+  c.finetune = f = ml_collections.ConfigDict()
+  # Classification pooling of the body's hidden states: first ([CLS]), last (last real token), mean;
+  # auto: first for encoder, last for decoder and causal rnn, mean for encoder_decoder and bidirectional rnn.
+  f.pooling = "auto"
+  # Train only the task head (a linear probe); the body's parameters stay as restored.
+  f.freeze_body = False
+  # Layer-wise learning-rate decay: layer l of N gets lr * layer_decay ** (N + 1 - l); the embeddings are
+  # layer 0, the head N + 1 (1.0: one learning rate).
+  f.layer_decay = 1.0
+  # Training length: epochs over the (label-fraction) training set, at least min_steps and at most
+  # config.train.num_steps updates.
+  f.epochs = 3.0
+  f.min_steps = 50
+  # Linear warmup over this fraction of the updates (sets config.optim.warmup_steps).
+  f.warmup_fraction = 0.1
+  # Stop after this many evaluations (every config.train.eval_every steps) without a better validation
+  # metric (0: never stop early).
+  f.patience = 3
+  # Validation metric that selects the best checkpoint; auto: accuracy (classification), rougeL (generation).
+  f.metric = "auto"
+  # Checkpoints kept, best first by the metric; the best is evaluated on the test split at the end.
+  f.keep_best = 1
+  # Generation: beam search with this many beams (encoder-decoder only; 0: greedy decoding).
+  f.beam_size = 0
+  # "tfidf_svm": run the TF-IDF + linear SVM baseline on the same task instead of a neural model.
+  f.baseline = ""
+
+  c.train.eval_every = 25
+  c.optim.warmup_steps = 0  # set from finetune.warmup_fraction once the number of steps is known
+  c.optim.lr = 1e-3
+  c.optim.weight_decay = 0.01
+  c.sample.temperature = 0.0  # generation is evaluated greedily
+  return c
+
+
+def kind(cfg) -> str:
+  return TASKS[cfg.task.name]
+
+
+def metric(cfg) -> tuple[str, str]:
+  """(validation metric name, "max" or "min") that selects the best checkpoint."""
+  name = cfg.finetune.metric
+  if name == "auto":
+    name = "accuracy" if kind(cfg) == "classification" else "rougeL"
+  return name, "min" if name == "loss" else "max"
+
+
+def pooling(cfg) -> str:
+  if cfg.finetune.pooling != "auto":
+    return cfg.finetune.pooling
+  family = cfg.model.family
+  if family == "encoder":
+    return "first"
+  if family == "encoder_decoder" or (family == "rnn" and cfg.objective.name == "mlm"):
+    return "mean"
+  return "last"
+
+
+def split_init_from(init_from: str) -> tuple[str, int | None]:
+  """(pretraining work directory, checkpoint step or None for the latest) from config.init_from."""
+  path = os.path.normpath(init_from)
+  parent, leaf = os.path.split(path)
+  if leaf.isdigit() and os.path.basename(parent) == "checkpoints":
+    return os.path.dirname(parent), int(leaf)
+  return path, None
+
+
+def pretrained_config(init_from: str) -> ml_collections.ConfigDict:
+  workdir, _ = split_init_from(init_from)
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise ConfigError(f"config.init_from = {init_from!r}: {path} does not exist. Give the work directory of "
+                      "a pretraining run (python launch.py --config experiments/<file>.py), or one of its "
+                      "checkpoint steps DIR/checkpoints/STEP.")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def resolve(cfg) -> ml_collections.ConfigDict:
+  """A copy of cfg with the pretrained run's architecture (when init_from is set) and the derived step
+  counts left to the loop; raises ConfigError for a pretraining run the task cannot start from."""
+  cfg = ml_collections.ConfigDict(cfg.to_dict())
+  if cfg.get("task") is None or cfg.get("finetune") is None:
+    raise ConfigError("This is not a fine-tuning config: start from lmlab.tasks.config.default_config() "
+                      "(see experiments/finetune.py).")
+  if not cfg.init_from:
+    return cfg
+  pre = pretrained_config(cfg.init_from)
+  if "task" in pre:
+    raise ConfigError(f"config.init_from = {cfg.init_from!r} is a fine-tuning run; start from the pretraining "
+                      "run it came from.")
+  if pre.model.family == "ngram":
+    raise ConfigError(f"config.init_from = {cfg.init_from!r} is an n-gram run: it has no parameters to "
+                      "fine-tune.")
+  differ = [key for key in cfg.tokenizer if cfg.tokenizer[key] != pre.tokenizer.get(key)]
+  if differ:
+    pairs = ", ".join(f"tokenizer.{k} = {cfg.tokenizer[k]!r} (pretrained: {pre.tokenizer.get(k)!r})" for k in differ)
+    raise ConfigError(f"The task config's tokenizer does not match the pretraining run {cfg.init_from}: {pairs}. "
+                      "A checkpoint only works with its own vocabulary: use the same size preset as the "
+                      "pretraining run, or set those config.tokenizer values.")
+  dropout = cfg.model.dropout_rate
+  cfg.model = pre.model
+  cfg.model.dropout_rate = dropout
+  cfg.objective = pre.objective
+  cfg.data.seq_len = pre.data.seq_len
+  return cfg
+
+
+def validate(cfg, num_devices: int | None = None, process_count: int = 1) -> None:
+  """lmlab.config.validate against the fine-tuning schema, then the fine-tuning checks."""
+  config_lib.validate(cfg, num_devices, process_count, schema=default_config())
+  t, f, m = cfg.task, cfg.finetune, cfg.model
+  if t.name not in TASKS:
+    raise ConfigError(f"config.task.name = {t.name!r} is not one of {', '.join(TASKS)}.")
+  task_kind = kind(cfg)
+  for key, options in (("finetune.pooling", POOLINGS), ("finetune.metric", METRICS[task_kind]),
+                       ("finetune.baseline", BASELINES)):
+    value = cfg.finetune[key.split(".")[1]]
+    if value not in options:
+      raise ConfigError(f"config.{key} = {value!r} is not one of {', '.join(map(repr, options))} for a "
+                        f"{task_kind} task.")
+  if cfg.init_from is not None and not isinstance(cfg.init_from, str):
+    raise ConfigError(f"config.init_from = {cfg.init_from!r} must be a path (or None to train from scratch).")
+  if not 0.0 < t.label_fraction <= 1.0:
+    raise ConfigError(f"config.task.label_fraction = {t.label_fraction} must be in (0, 1].")
+  if not (0 <= t.validation_percent and 0 <= t.test_percent and t.validation_percent + t.test_percent < 100):
+    raise ConfigError("config.task.validation_percent and test_percent must be >= 0 and sum to less than 100.")
+  if t.name.endswith("_file") and not t.train_file:
+    raise ConfigError(f"config.task.name = {t.name!r} needs config.task.train_file (a .csv or .jsonl file).")
+  if not 0.0 < f.layer_decay <= 1.0:
+    raise ConfigError(f"config.finetune.layer_decay = {f.layer_decay} must be in (0, 1] (1: no decay).")
+  if not (f.epochs > 0 and f.min_steps >= 1 and 0.0 <= f.warmup_fraction < 1.0 and f.patience >= 0
+          and f.keep_best >= 1 and f.beam_size >= 0):
+    raise ConfigError("config.finetune needs epochs > 0, min_steps >= 1, warmup_fraction in [0, 1), "
+                      "patience >= 0, keep_best >= 1 and beam_size >= 0.")
+  if f.baseline:
+    if task_kind != "classification":
+      raise ConfigError(f"config.finetune.baseline = {f.baseline!r} is a classifier; config.task.name = "
+                        f"{t.name!r} is a generation task.")
+    return
+  if m.family == "ngram":
+    raise ConfigError("config.model.family = 'ngram' has no parameters to fine-tune; use "
+                      "config.finetune.baseline = 'tfidf_svm' for a non-neural baseline.")
+  if task_kind == "generation":
+    causal = m.family == "decoder" or (m.family == "rnn" and cfg.objective.name == "causal_lm")
+    if not (causal or m.family == "encoder_decoder"):
+      raise ConfigError(f"config.task.name = {t.name!r} generates text: it needs a decoder, causal rnn or "
+                        f"encoder_decoder model, not {m.family} trained with {cfg.objective.name}.")
+    if f.freeze_body:
+      raise ConfigError("config.finetune.freeze_body = True leaves nothing to train on a generation task "
+                        "(the language-model head is part of the body).")
+    if f.beam_size and m.family != "encoder_decoder":
+      raise ConfigError("config.finetune.beam_size > 0 (beam search) is implemented for encoder_decoder "
+                        "models; use 0 (greedy) for decoder-only and rnn models.")
+    if m.family != "encoder_decoder" and cfg.data.seq_len < t.max_target_len + 3 + 8:
+      raise ConfigError(f"config.data.seq_len = {cfg.data.seq_len} leaves fewer than 8 source tokens beside "
+                        f"config.task.max_target_len = {t.max_target_len}; lower max_target_len.")
+  if t.max_target_len < 1:
+    raise ConfigError(f"config.task.max_target_len = {t.max_target_len} must be >= 1.")

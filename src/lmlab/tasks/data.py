@@ -1,0 +1,329 @@
+"""Downstream (fine-tuning) task examples, held in memory: labelled datasets are small.
+
+Tasks (config.task.name):
+  bbc_topic            classification: a bbc_news article -> its topic (any bbc_news-like TFDS dataset).
+  bbc_headline         generation: an article's body -> its headline.
+  classification_file  the user's CSV / JSONL files with a text and a label column.
+  generation_file      the user's CSV / JSONL files with a source and a target column.
+
+When config.task.validation_file / test_file are "", those splits are carved out of train_file by hashing
+the row's text (classification) or source (generation):
+  bucket = int(md5(text).hexdigest(), 16) % 100
+  bucket < validation_percent -> validation, < validation_percent + test_percent -> test, else train.
+The ranges are fixed: a split given as a file leaves its range in train, so the carved split does not
+move when the other one is given as a file. Hashing keeps duplicates together and ignores row order.
+"""
+
+import csv
+import dataclasses
+import hashlib
+import json
+import os
+from typing import Iterator
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from lmlab.data import sources
+
+KINDS = {"bbc_topic": "classification", "bbc_headline": "generation",
+         "classification_file": "classification", "generation_file": "generation"}
+
+_SPLITS = ("train", "validation", "test")
+# Second word of the subset's seed: the run seed alone also seeds parameters and data order, and the
+# label subset must not be correlated with them.
+_SUBSET_STREAM = 0x7A5C
+# (config key, role in error messages) of the two columns each file task reads.
+_FIELDS = {
+    "classification": (("text_field", "text"), ("label_field", "label")),
+    "generation": (("source_field", "source"), ("target_field", "target")),
+}
+_EXTENSIONS = (".csv", ".jsonl")
+
+
+@dataclasses.dataclass
+class Split:
+  """The examples of one split; `labels` for classification, `targets` for generation."""
+  texts: list[str]  # model input text (classification text, or generation source)
+  labels: np.ndarray | None  # int32 [N] label ids (classification), else None
+  targets: list[str] | None  # target strings (generation), else None
+
+  def __len__(self) -> int:
+    return len(self.texts)
+
+
+@dataclasses.dataclass
+class TaskData:
+  """All splits of one task; `train` is already reduced to config.task.label_fraction."""
+  name: str  # config.task.name
+  kind: str  # "classification" | "generation"
+  label_names: tuple[str, ...]  # class names, index = label id (() for generation)
+  train: Split
+  validation: Split
+  test: Split
+  train_size_full: int  # training examples before the label-fraction subset
+
+
+def subset_indices(n: int, fraction: float, seed: int, labels: np.ndarray | None = None) -> np.ndarray:
+  """Sorted int64 indices of a seeded subset of range(n): max(1, round(fraction * n_c)) examples of every
+  class c when `labels` are given (stratified), else max(1, round(fraction * n)) at random."""
+  if not 0 < fraction <= 1:
+    raise ValueError(f"fraction = {fraction!r} is not in (0, 1].")
+  if n < 0:
+    raise ValueError(f"n = {n} is negative.")
+  if labels is None:
+    groups = [np.arange(n, dtype=np.int64)]
+  else:
+    labels = np.asarray(labels)
+    if labels.shape != (n,):
+      raise ValueError(f"labels have shape {labels.shape}, expected ({n},).")
+    groups = [np.flatnonzero(labels == c).astype(np.int64) for c in np.unique(labels)]
+  # SeedSequence takes only non-negative integers; the modulo keeps negative seeds usable and distinct.
+  rng = np.random.default_rng([seed % 2**64, _SUBSET_STREAM])
+  chosen = [rng.choice(g, size=max(1, round(fraction * len(g))), replace=False) for g in groups if len(g)]
+  return np.sort(np.concatenate([np.zeros(0, np.int64)] + chosen)).astype(np.int64)
+
+
+def load_task(cfg) -> TaskData:
+  """The examples of config.task.name; reads only the config fields that task uses."""
+  task = cfg.task
+  if task.name not in KINDS:
+    raise ValueError(f"config.task.name = {task.name!r} is not one of {', '.join(KINDS)}.")
+  fraction = task.label_fraction
+  if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+    raise ValueError(f"config.task.label_fraction = {fraction!r} is not in (0, 1]; e.g. 0.1 keeps 10% of "
+                     "the training examples, 1.0 keeps all.")
+  kind = KINDS[task.name]
+  if task.name in ("bbc_topic", "bbc_headline"):
+    label_names, splits = _bbc_splits(cfg.data, task.name)
+  else:
+    label_names, splits = _file_splits(task, kind)
+  train = splits["train"]
+  keep = subset_indices(len(train), float(fraction), cfg.seed, train.labels)
+  return TaskData(name=task.name, kind=kind, label_names=label_names, train=_take(train, keep),
+                  validation=splits["validation"], test=splits["test"], train_size_full=len(train))
+
+
+def _take(split: Split, indices: np.ndarray) -> Split:
+  """The examples of `split` at `indices`, in that order."""
+  return Split(texts=[split.texts[i] for i in indices],
+               labels=None if split.labels is None else split.labels[indices],
+               targets=None if split.targets is None else [split.targets[i] for i in indices])
+
+
+# bbc_news-like TFDS datasets.
+
+
+def _bbc_splits(data_cfg, name: str) -> tuple[tuple[str, ...], dict[str, Split]]:
+  builder = sources._tfds_builder(data_cfg)  # pylint: disable=protected-access
+  features = builder.info.features
+  second = "label" if name == "bbc_topic" else "title"
+  is_text = lambda k: k in features and features[k].dtype == tf.string and features[k].shape == ()
+  is_label = isinstance(features["label"], tfds.features.ClassLabel) if "label" in features else False
+  ok = is_text("text") and (is_label if second == "label" else is_text("title"))
+  missing_splits = [s for s in _SPLITS if s not in builder.info.splits]
+  if not ok or missing_splits:
+    need = "a ClassLabel feature 'label'" if second == "label" else "a text feature 'title'"
+    file_task = "classification_file" if second == "label" else "generation_file"
+    raise ValueError(
+        f"config.data.tfds_name = {data_cfg.tfds_name!r} is not bbc_news-like: config.task.name = {name!r} "
+        f"needs a text feature 'text', {need} and splits {', '.join(_SPLITS)}; it has features "
+        f"{', '.join(features)} and splits {', '.join(builder.info.splits)}. Use tfds_name 'bbc_news', or "
+        f"put the data in a file for config.task.name = {file_task!r}.")
+  splits = {}
+  for split in _SPLITS:
+    columns = _tfds_columns(builder, split, ("text", second))
+    texts = [raw.decode("utf-8") for raw in columns["text"]]
+    if second == "label":
+      splits[split] = Split(texts=texts, labels=np.asarray(columns["label"], np.int32), targets=None)
+    else:
+      titles = [raw.decode("utf-8").strip() for raw in columns["title"]]
+      pairs = [(_headline_source(data_cfg, text, title), title) for text, title in zip(texts, titles)]
+      # Articles without a body (or a title) have nothing to learn from: drop them.
+      pairs = [(source, title) for source, title in pairs if source and title]
+      splits[split] = Split(texts=[s for s, _ in pairs], labels=None, targets=[t for _, t in pairs])
+    if not splits[split]:
+      raise ValueError(f"Split {split!r} of config.data.tfds_name = {data_cfg.tfds_name!r} has no usable "
+                       f"examples for config.task.name = {name!r}.")
+  label_names = tuple(features["label"].names) if second == "label" else ()
+  return label_names, splits
+
+
+def _tfds_columns(builder, split: str, keys: tuple[str, ...]) -> dict[str, list]:
+  """{key: values of `split` in the dataset's order}; decodes only `keys`."""
+  ds = builder.as_dataset(split=split, shuffle_files=False,
+                          decoders=tfds.decode.PartialDecoding({k: True for k in keys}))
+  columns = {k: [] for k in keys}
+  for batch in tfds.as_numpy(ds.batch(1024)):
+    for k in keys:
+      columns[k].extend(batch[k])
+  return columns
+
+
+def _headline_source(data_cfg, text: str, title: str) -> str:
+  """The article without its headline: the text after the first line, stripped."""
+  lines = text.split("\n")
+  if lines[0].strip() != title:
+    raise ValueError(f"config.data.tfds_name = {data_cfg.tfds_name!r}: an article's first line "
+                     f"{lines[0][:80]!r} is not its title {title[:80]!r}; bbc_headline needs the headline as "
+                     "the first line of `text`.")
+  body = lines[1:]
+  # A headline repeated at the top of the body would put the target into the input.
+  while body and body[0].strip() in ("", title):
+    body = body[1:]
+  return "\n".join(body).strip()
+
+
+# The user's CSV / JSONL files.
+
+
+def _file_splits(task, kind: str) -> tuple[tuple[str, ...], dict[str, Split]]:
+  """Everything is checked that can be (fields, files, percents) before any file is read."""
+  fields = []  # (config key, column name, role)
+  for key, role in _FIELDS[kind]:
+    column = task[key]
+    if not isinstance(column, str) or not column:
+      raise ValueError(f"config.task.{key} = {column!r} must name the {role} column of the files.")
+    fields.append((f"config.task.{key}", column, role))
+  paths = {split: task[f"{split}_file"] for split in _SPLITS}
+  if not paths["train"]:
+    raise ValueError(f"config.task.name = {task.name!r} needs config.task.train_file: a .csv (with a "
+                     f"header row) or .jsonl file with the columns {fields[0][1]!r} and {fields[1][1]!r}.")
+  for split, path in paths.items():
+    if path:
+      _check_file(f"config.task.{split}_file", path)
+  carved = [split for split in ("validation", "test") if not paths[split]]
+  percents = _check_percents(task, carved)
+
+  rows = {split: list(_read_rows(f"config.task.{split}_file = {path!r}", path, fields)) if path else []
+          for split, path in paths.items()}
+  if carved:
+    kept = []
+    for row in rows["train"]:
+      dest = _hash_split(row[0], *percents)
+      (rows[dest] if dest in carved else kept).append(row)
+    rows["train"] = kept
+  for split in _SPLITS:
+    if rows[split]:
+      continue
+    if split in carved:
+      raise ValueError(f"The {split} split is empty: no row of config.task.train_file = {paths['train']!r} "
+                       f"hashed into it. Raise config.task.{split}_percent (now {task[f'{split}_percent']}) "
+                       f"or give config.task.{split}_file.")
+    if split == "train" and carved:
+      raise ValueError(f"The train split is empty: every row of config.task.train_file = {paths['train']!r} "
+                       f"went to {' / '.join(carved)}. Lower config.task.validation_percent / test_percent "
+                       "or add rows.")
+    raise ValueError(f"The {split} split is empty: config.task.{split}_file = {paths[split]!r} has no rows.")
+
+  texts = {split: [row[0] for row in rows[split]] for split in _SPLITS}
+  if kind == "generation":
+    return (), {split: Split(texts=texts[split], labels=None, targets=[row[1] for row in rows[split]])
+                for split in _SPLITS}
+  label_names = tuple(sorted({row[1] for row in rows["train"]}))
+  if len(label_names) < 2:
+    raise ValueError(f"The train split of config.task.train_file = {paths['train']!r} has only the label "
+                     f"{label_names[0]!r} in column {fields[1][1]!r}; classification needs at least two.")
+  ids = {name: i for i, name in enumerate(label_names)}
+  for split in ("validation", "test"):
+    for _, label, where in rows[split]:
+      if label not in ids:
+        raise ValueError(f"Label {label!r} of the {split} split ({where}) never occurs in the train split, "
+                         f"whose labels are {', '.join(map(repr, label_names))}. Fix the label or add training "
+                         "rows with it.")
+  return label_names, {split: Split(texts=texts[split], targets=None,
+                                    labels=np.array([ids[row[1]] for row in rows[split]], np.int32))
+                       for split in _SPLITS}
+
+
+def _check_file(key: str, path: str) -> None:
+  ext = os.path.splitext(path)[1].lower()
+  if ext not in _EXTENSIONS:
+    raise ValueError(f"{key} = {path!r} has extension {ext!r}; use a .csv file (with a header row) or a "
+                     ".jsonl file (one JSON object per line).")
+  if not os.path.isfile(os.path.expanduser(path)):
+    full = os.path.abspath(os.path.expanduser(path))
+    raise ValueError(f"{key} = {path!r} does not exist (looked for {full}).")
+
+
+def _check_percents(task, carved: list[str]) -> tuple[int, int]:
+  """(validation_percent, test_percent); checked only when some split is carved out of train_file."""
+  vp, tp = task.validation_percent, task.test_percent
+  if not carved:
+    return vp, tp
+  for key, p in (("validation_percent", vp), ("test_percent", tp)):
+    if isinstance(p, bool) or not isinstance(p, int) or not 0 <= p <= 100:
+      raise ValueError(f"config.task.{key} = {p!r} is not an integer in [0, 100].")
+  # The test range starts after the validation range, so both must fit when test is carved.
+  if "test" in carved and vp + tp > 100:
+    raise ValueError(f"config.task.validation_percent + test_percent = {vp} + {tp} exceeds 100.")
+  return vp, tp
+
+
+def _hash_split(text: str, validation_percent: int, test_percent: int) -> str:
+  """md5, not hash(): the same split on every process and every run."""
+  bucket = int(hashlib.md5(text.encode("utf-8")).hexdigest(), 16) % 100
+  if bucket < validation_percent:
+    return "validation"
+  if bucket < validation_percent + test_percent:
+    return "test"
+  return "train"
+
+
+def _read_rows(where: str, path: str, fields: list[tuple[str, str, str]]) -> Iterator[tuple[str, str, str]]:
+  """(first column, second column, "<where>, line N") of each row, values stripped and checked non-empty."""
+  records = _csv_records if path.lower().endswith(".csv") else _jsonl_records
+  try:
+    for line, record in records(where, os.path.expanduser(path), fields):
+      values = []
+      for key, column, role in fields:
+        value = record[column]
+        value = "" if value is None else str(value).strip()
+        if not value:
+          raise ValueError(f"{where}, line {line}: the {role} (column {column!r}, {key}) is empty; every "
+                           "row needs one.")
+        values.append(value)
+      yield values[0], values[1], f"{where}, line {line}"
+  except UnicodeDecodeError as e:
+    raise ValueError(f"{where} is not UTF-8 ({e.reason} at byte {e.start}); save it as UTF-8.") from e
+
+
+def _csv_records(where: str, path: str, fields: list[tuple[str, str, str]]) -> Iterator[tuple[int, dict]]:
+  # utf-8-sig: spreadsheet programs often start the file with a byte order mark, which would otherwise
+  # become part of the first column's name.
+  with open(path, encoding="utf-8-sig", newline="") as f:
+    reader = csv.DictReader(f)
+    try:
+      header = reader.fieldnames
+      if not header:
+        raise ValueError(f"{where} is empty; a CSV file needs a header row naming its columns "
+                         f"({', '.join(column for _, column, _ in fields)}).")
+      for key, column, _ in fields:
+        if column not in header:
+          raise ValueError(f"{where} has no column {column!r} ({key}); its header row has "
+                           f"{', '.join(map(repr, header))}. Set {key} to the right column or add a header row.")
+      for record in reader:
+        yield reader.line_num, record
+    except csv.Error as e:
+      raise ValueError(f"{where}, line {reader.line_num}: not valid CSV ({e}).") from e
+
+
+def _jsonl_records(where: str, path: str, fields: list[tuple[str, str, str]]) -> Iterator[tuple[int, dict]]:
+  with open(path, encoding="utf-8-sig") as f:
+    for line, text in enumerate(f, start=1):
+      if not text.strip():
+        continue
+      try:
+        record = json.loads(text)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{where}, line {line}: not valid JSON ({e.msg}); each line must be one JSON "
+                         "object.") from e
+      if not isinstance(record, dict):
+        raise ValueError(f"{where}, line {line}: a JSON {type(record).__name__}, not an object; each line "
+                         f"must be one JSON object with the keys {', '.join(repr(c) for _, c, _ in fields)}.")
+      for key, column, _ in fields:
+        if column not in record:
+          raise ValueError(f"{where}, line {line} has no key {column!r} ({key}); its keys are "
+                           f"{', '.join(map(repr, record)) or 'none'}. Set {key} to the right key.")
+      yield line, record

@@ -28,7 +28,7 @@ def train_losses(workdir):
   return {r["step"]: r["loss"] for r in rows if r["split"] == "train"}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: test_finetune.py fine-tunes this run too
 def tiny_run(tmp_path_factory, bbc_data_dir):
   workdir = str(tmp_path_factory.mktemp("runs") / "tiny")
   proc = launch([*TINY, f"--workdir={workdir}"], bbc_data_dir, devices=2)

@@ -95,8 +95,8 @@ def _tfds_documents(data_cfg, split, process_index, process_count) -> list[str]:
   builder = _tfds_builder(data_cfg)
   _check_split(builder, data_cfg, split)
   key, features = data_cfg.text_key, builder.info.features
-  if key not in features or features[key].dtype != tf.string or features[key].shape != ():
-    strings = [k for k in features if features[k].dtype == tf.string and features[k].shape == ()]
+  if key not in features or features[key].tf_dtype != tf.string or features[key].shape != ():
+    strings = [k for k in features if features[k].tf_dtype == tf.string and features[k].shape == ()]
     raise ValueError(f"config.data.text_key = {key!r} is not a text feature of {data_cfg.tfds_name!r}; "
                      f"its text features are {', '.join(strings) or 'none'}.")
   shard = tfds.even_splits(split, n=process_count)[process_index]

@@ -13,9 +13,9 @@ import ml_collections
 
 from lmlab import config as config_lib
 from lmlab.config import ConfigError
+from lmlab.tasks import data
 
-TASKS = {"bbc_topic": "classification", "bbc_headline": "generation",
-         "classification_file": "classification", "generation_file": "generation"}
+TASKS = data.KINDS  # task name -> "classification" | "generation"
 POOLINGS = ("auto", "first", "last", "mean")
 METRICS = {"classification": ("auto", "accuracy", "macro_f1", "loss"),
            "generation": ("auto", "rougeL", "rouge1", "rouge2", "bleu", "loss")}
@@ -139,6 +139,9 @@ def resolve(cfg) -> ml_collections.ConfigDict:
   if not cfg.init_from:
     return cfg
   pre = pretrained_config(cfg.init_from)
+  if "family" not in pre.get("model", {}) or "objective" not in pre:
+    raise ConfigError(f"config.init_from = {cfg.init_from!r} was written by an older lmlab (its config.json has "
+                      "no model.family / objective); pretrain again with this version.")
   if "task" in pre:
     raise ConfigError(f"config.init_from = {cfg.init_from!r} is a fine-tuning run; start from the pretraining "
                       "run it came from.")

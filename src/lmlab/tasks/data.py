@@ -119,7 +119,7 @@ def _bbc_splits(data_cfg, name: str) -> tuple[tuple[str, ...], dict[str, Split]]
   builder = sources._tfds_builder(data_cfg)  # pylint: disable=protected-access
   features = builder.info.features
   second = "label" if name == "bbc_topic" else "title"
-  is_text = lambda k: k in features and features[k].dtype == tf.string and features[k].shape == ()
+  is_text = lambda k: k in features and features[k].tf_dtype == tf.string and features[k].shape == ()
   is_label = isinstance(features["label"], tfds.features.ClassLabel) if "label" in features else False
   ok = is_text("text") and (is_label if second == "label" else is_text("title"))
   missing_splits = [s for s in _SPLITS if s not in builder.info.splits]

@@ -204,7 +204,10 @@ def run(cfg) -> dict:
   # --- Config, task data and work directory: every check before any compute.
   cfg = task_config.resolve(cfg)
   task_config.validate(cfg, jax.device_count(), jax.process_count())
-  task = data.load_task(cfg)
+  try:
+    task = data.load_task(cfg)
+  except ValueError as e:  # bad task data: one clear error, as for the config itself
+    raise ConfigError(str(e)) from e
   cfg.train.num_steps = _num_steps(cfg, len(task.train))
   cfg.optim.warmup_steps = int(cfg.finetune.warmup_fraction * cfg.train.num_steps)
   metric_name, mode = task_config.metric(cfg)
@@ -214,7 +217,8 @@ def run(cfg) -> dict:
   log.print(f"Task {task.name} ({task.kind}): {len(task.train):,} train examples (label fraction "
             f"{cfg.task.label_fraction} of {task.train_size_full:,}), {len(task.validation):,} validation, "
             f"{len(task.test):,} test" + (f"; classes {', '.join(task.label_names)}" if task.label_names else ""))
-  summary = {"name": cfg.name, "task": task.name, "kind": task.kind, "init_from": cfg.init_from,
+  system = cfg.finetune.baseline or f"{cfg.model.family}/{cfg.objective.name}"
+  summary = {"name": cfg.name, "task": task.name, "kind": task.kind, "system": system, "init_from": cfg.init_from,
              "label_fraction": cfg.task.label_fraction, "seed": cfg.seed, "train_examples": len(task.train),
              "metric": metric_name}
   if cfg.finetune.baseline:

@@ -1,0 +1,297 @@
+"""Fine-tuning: transfer from a pretraining run of every family, pooling, layer-wise rates and freezing,
+task inputs, a toy task learned to 100%, the baseline in the same harness, and bad init_from runs."""
+
+import json
+import os
+import types
+
+import flax
+import jax
+import numpy as np
+import pytest
+
+from lmlab import config as config_lib
+from lmlab.config import ConfigError
+from lmlab.data import tokenizer
+from lmlab.models import heads
+from lmlab.tasks import config as task_config
+from lmlab.tasks import finetune, inputs
+from lmlab.train import checkpoint, optimizer, partitioning, trainer
+
+V = 64
+QUIET = types.SimpleNamespace(print=lambda text: None)
+FAMILIES = [("decoder", "causal_lm"), ("encoder", "mlm_nsp"), ("encoder_decoder", "span_corruption"),
+            ("rnn", "causal_lm"), ("rnn", "mlm")]
+
+
+def tiny(cfg, family, objective):
+  cfg.model.family, cfg.objective.name = family, objective
+  cfg.model.num_layers, cfg.model.d_model, cfg.model.num_heads, cfg.model.mlp_dim = 2, 32, 2, 64
+  cfg.data.seq_len, cfg.data.batch_size = 16, 8
+  cfg.tokenizer.vocab_size, cfg.tokenizer.num_sentinels = V, 4
+  cfg.mesh.data = 1
+  return cfg
+
+
+def mesh():
+  return partitioning.make_mesh((1, 1, 1), jax.devices()[:1])
+
+
+def pretrain_dir(path, family, objective):
+  """A pretraining work directory: config.json and one checkpoint of a randomly initialized model."""
+  cfg = tiny(config_lib.default_config(), family, objective)
+  cfg.optim.warmup_steps = 1
+  config_lib.validate(cfg)
+  trn = trainer.Trainer(cfg, V, mesh())
+  state = trn.init_state(jax.random.PRNGKey(7))
+  manager = checkpoint.make_manager(str(path), 2)
+  checkpoint.save(manager, state, {})
+  manager.wait_until_finished()
+  manager.close()
+  with open(path / "config.json", "w") as f:
+    f.write(cfg.to_json())
+  return str(path), jax.device_get(state.params)
+
+
+def finetune_config(init_from=None, task="bbc_topic", family="decoder", objective="causal_lm", **changes):
+  cfg = tiny(task_config.default_config(), family, objective)
+  cfg.init_from, cfg.task.name = init_from, task
+  for key, value in changes.items():
+    config_lib.set_by_path(cfg, key, value)
+  return task_config.resolve(cfg)
+
+
+def transferred(cfg, num_classes):
+  model = finetune._task_model(cfg, V, num_classes)
+  trn = trainer.Trainer(cfg, V, mesh(), model)
+  init = jax.device_get(trn.init_state(jax.random.PRNGKey(0)))
+  return init, jax.device_get(finetune._transfer(cfg, trn, trn.init_state(jax.random.PRNGKey(0)), V, QUIET))
+
+
+@pytest.mark.parametrize("family,objective", FAMILIES)
+def test_classifier_body_is_the_pretrained_model_and_the_head_is_new(family, objective, tmp_path):
+  pre_dir, pre_params = pretrain_dir(tmp_path, family, objective)
+  cfg = finetune_config(pre_dir)  # the architecture comes from the pretraining run, not from here
+  assert (cfg.model.family, cfg.objective.name) == (family, objective)
+  init, state = transferred(cfg, num_classes=5)
+  body = flax.traverse_util.flatten_dict(state.params["body"])
+  pre = flax.traverse_util.flatten_dict(pre_params)
+  assert body and all(np.array_equal(value, pre[key]) for key, value in body.items())
+  fresh = flax.traverse_util.flatten_dict(init.params["body"])
+  assert any(not np.array_equal(fresh[key], value) for key, value in body.items()), "seeds must differ"
+  for a, b in zip(jax.tree_util.tree_leaves(state.params["head"]), jax.tree_util.tree_leaves(init.params["head"])):
+    np.testing.assert_array_equal(a, b)
+  assert state.params["head"]["kernel"].shape == (32, 5)
+  assert int(state.step) == 0
+
+
+@pytest.mark.parametrize("family,objective", [("decoder", "causal_lm"), ("encoder_decoder", "span_corruption")])
+def test_generation_starts_from_the_whole_pretrained_model(family, objective, tmp_path):
+  pre_dir, pre_params = pretrain_dir(tmp_path, family, objective)
+  _, state = transferred(finetune_config(pre_dir, task="bbc_headline", **{"task.max_target_len": 4}), 0)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, state.params, pre_params)
+
+
+def test_bad_init_from_is_rejected_before_compute(tmp_path):
+  pre_dir, _ = pretrain_dir(tmp_path / "pre", "decoder", "causal_lm")
+  with pytest.raises(ConfigError, match=r"tokenizer.vocab_size = 128 \(pretrained: 64\)"):
+    finetune_config(pre_dir, **{"tokenizer.vocab_size": 128})
+  with pytest.raises(ConfigError, match="config.json does not exist"):
+    finetune_config(str(tmp_path / "nowhere"))
+  cfg = finetune_config(os.path.join(pre_dir, "checkpoints", "5"))
+  model = finetune._task_model(cfg, V, 5)
+  trn = trainer.Trainer(cfg, V, mesh(), model)
+  with pytest.raises(checkpoint.CheckpointError, match=r"saved steps: \[0\]"):
+    finetune._transfer(cfg, trn, trn.init_state(jax.random.PRNGKey(0)), V, QUIET)
+  with pytest.raises(ConfigError, match="needs a decoder, causal rnn or encoder_decoder"):
+    task_config.validate(finetune_config(None, task="bbc_headline", family="encoder", objective="mlm"))
+
+
+def test_pooling_picks_first_last_and_mean_of_the_real_tokens():
+  x_BLD = np.random.default_rng(0).normal(size=(2, 5, 3)).astype(np.float32)
+  seg_BL = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+  np.testing.assert_allclose(heads.pool(x_BLD, seg_BL, "first"), x_BLD[:, 0])
+  np.testing.assert_allclose(heads.pool(x_BLD, seg_BL, "last"), np.stack([x_BLD[0, 2], x_BLD[1, 4]]))
+  np.testing.assert_allclose(heads.pool(x_BLD, seg_BL, "mean"),
+                             np.stack([x_BLD[0, :3].mean(0), x_BLD[1].mean(0)]), rtol=1e-6)
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_layer_decay_scales_by_depth_and_freezing_zeroes_the_body(scan):
+  cfg = finetune_config(**{"model.scan_layers": scan})
+  model = finetune._task_model(cfg, V, 3)
+  boxed = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), np.zeros((2, 16), np.int32)))["params"]
+  scales = flax.traverse_util.flatten_dict(optimizer.layer_lr_scales(boxed, 2, 0.5))
+  assert scales[("head", "kernel")] == 1.0
+  assert scales[("body", "embed", "embedding")] == 0.5 ** 3
+  assert scales[("body", "ln_final", "scale")] == 0.5
+  if scan:
+    np.testing.assert_allclose(scales[("body", "blocks", "mlp", "wi", "kernel")].ravel(), [0.25, 0.5])
+  else:
+    assert scales[("body", "block_0", "mlp", "wi", "kernel")] == 0.25
+    assert scales[("body", "block_1", "mlp", "wi", "kernel")] == 0.5
+  frozen = flax.traverse_util.flatten_dict(optimizer.layer_lr_scales(boxed, 2, 1.0, freeze_body=True))
+  assert frozen[("head", "kernel")] == 1.0 and all(v == 0 for k, v in frozen.items() if k[0] == "body")
+
+
+def test_a_frozen_body_does_not_move():
+  cfg = finetune_config(**{"finetune.freeze_body": True, "optim.warmup_steps": 0})
+  trn = trainer.Trainer(cfg, V, mesh(), finetune._task_model(cfg, V, 3), freeze_body=True)
+  before = jax.device_get(trn.init_state(jax.random.PRNGKey(0)))
+  rng = np.random.default_rng(0)
+  batch = {"tokens": rng.integers(8, V, (8, 16)).astype(np.int32), "segment_ids": np.ones((8, 16), np.int32),
+           "targets": rng.integers(0, 3, 8).astype(np.int32), "weights": np.ones(8, np.float32)}
+  state = trn.init_state(jax.random.PRNGKey(0))
+  for _ in range(2):
+    state, _ = trn.train_step(state, partitioning.global_batch(batch, trn.mesh))
+  after = jax.device_get(state)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, after.params["body"], before.params["body"])
+  assert not np.allclose(after.params["head"]["kernel"], before.params["head"]["kernel"])
+
+
+class WordTokenizer:
+  """encode(texts) -> one id per word (its length + 10), as sentencepiece's batch call returns."""
+
+  def encode(self, texts):
+    return [[10 + len(w) for w in t.split()] for t in texts]
+
+
+def test_generation_inputs_train_on_the_target_and_eos_only():
+  sp = WordTokenizer()
+  arrays = inputs.generation_arrays(sp, ["a bb ccc", "dddd"], ["ee f", "g"], "decoder", seq_len=12,
+                                    max_target_len=3)
+  for row in range(2):
+    weighted = arrays["targets"][row][arrays["weights"][row] > 0].tolist()
+    assert weighted == sp.encode([["ee f", "g"][row]])[0] + [tokenizer.EOS_ID]
+    prompt = inputs.prompts(sp, [["a bb ccc", "dddd"][row]], "decoder", 12, 3)[0]
+    assert arrays["tokens"][row][:len(prompt)].tolist() == prompt and prompt[-1] == tokenizer.SEP_ID
+  encdec = inputs.generation_arrays(sp, ["a bb"], ["ee f"], "encoder_decoder", seq_len=8, max_target_len=3)
+  assert encdec["encoder_tokens"][0].tolist() == [11, 12, tokenizer.EOS_ID, 0, 0, 0, 0, 0]
+  assert encdec["targets"][0].tolist() == [12, 11, tokenizer.EOS_ID, 0]
+  assert encdec["decoder_inputs"][0].tolist() == [tokenizer.BOS_ID, 12, 11, 0]
+  classify = inputs.classification_arrays(sp, ["a bb"], "encoder", seq_len=4, labels=[2])
+  assert classify["tokens"][0].tolist() == [tokenizer.CLS_ID, 11, 12, tokenizer.SEP_ID]
+
+
+def test_train_order_sees_every_example_once_per_epoch():
+  order = inputs.train_order(10, 4, 5, seed=0)  # 20 rows = 2 epochs
+  stream = order.ravel()
+  assert sorted(stream[:10]) == list(range(10)) and sorted(stream[10:]) == list(range(10))
+  assert not np.array_equal(order, inputs.train_order(10, 4, 5, seed=1))
+
+
+# --- A toy task from the user's files, end to end through finetune.run.
+
+WORDS = {"sport": "goal match striker keeper league cup referee penalty",
+         "money": "shares profit bank market investor dividend bond fund",
+         "music": "album singer guitar concert chart band song tour"}
+
+
+def toy_files(tmp_path, seed=0):
+  rng = np.random.default_rng(seed)
+  paths = {}
+  for split, count in (("train", 16), ("validation", 6), ("test", 6)):
+    rows = [{"text": " ".join(rng.choice(WORDS[label].split(), 6)), "label": label}
+            for label in WORDS for _ in range(count)]
+    paths[split] = str(tmp_path / f"{split}.jsonl")
+    with open(paths[split], "w") as f:
+      f.writelines(json.dumps(row) + "\n" for row in rows)
+  return paths
+
+
+def toy_config(tmp_path, bbc_data_dir, **changes):
+  cfg = finetune_config(**{"task.name": "classification_file", "data.tfds_data_dir": bbc_data_dir,
+                           "tokenizer.vocab_size": 512, "tokenizer.model_type": "bpe", "data.batch_size": 8,
+                           "mesh.data": -1,
+                           "optim.lr": 3e-3, "train.num_steps": 60, "finetune.min_steps": 60,
+                           "train.eval_every": 20, "train.log_every": 20, **changes})
+  for split, path in toy_files(tmp_path).items():
+    cfg.task[f"{split}_file"] = path
+  cfg.workdir = str(tmp_path / "run")
+  return cfg
+
+
+def test_fine_tuning_learns_a_separable_toy_task_to_100_percent(tmp_path, bbc_data_dir):
+  summary = finetune.run(toy_config(tmp_path, bbc_data_dir))
+  assert summary["test"]["accuracy"] == 1.0 and summary["test"]["macro_f1"] == 1.0
+  assert summary["test"]["confusion_matrix"] == [[6, 0, 0], [0, 6, 0], [0, 0, 6]]
+  workdir = str(tmp_path / "run")
+  assert os.path.exists(os.path.join(workdir, "confusion_matrix.png"))
+  predictions = finetune.predict_workdir(workdir, ["the striker scored a penalty", "bank shares and profit"])
+  assert [p["label"] for p in predictions] == ["sport", "money"]
+  assert sum(predictions[0]["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+  with pytest.raises(ConfigError, match="already holds a fine-tuning run"):
+    finetune.run(toy_config(tmp_path, bbc_data_dir))
+
+
+def test_the_baseline_runs_in_the_same_harness_with_the_same_layout(tmp_path, bbc_data_dir):
+  summary = finetune.run(toy_config(tmp_path, bbc_data_dir, **{"finetune.baseline": "tfidf_svm"}))
+  assert summary["test"]["accuracy"] == 1.0
+  assert {"accuracy", "macro_f1", "per_class", "confusion_matrix"} <= set(summary["test"])
+  with open(tmp_path / "run" / "metrics.json") as f:
+    assert json.load(f)["baseline"]["method"] == "tfidf_svm"
+  assert finetune.predict_workdir(str(tmp_path / "run"), ["album and guitar tour"])[0]["label"] == "music"
+
+
+@pytest.mark.parametrize("family,objective", [("decoder", "causal_lm"), ("encoder_decoder", "span_corruption")])
+def test_generation_learns_a_source_dependent_target(family, objective, tmp_path, bbc_data_dir):
+  """Sources of each topic map to that topic's fixed headline: ROUGE-L 100 needs the targets, weights
+  and decoding prompt to line up, and the model to read the source."""
+  rng = np.random.default_rng(0)
+  headline = {"sport": "match report", "money": "market news", "music": "album review"}
+  for split, count in (("train", 16), ("validation", 4), ("test", 4)):
+    with open(tmp_path / f"{split}.csv", "w") as f:
+      f.write("source,target\n")
+      for label in WORDS:
+        for _ in range(count):
+          f.write(f"{' '.join(rng.choice(WORDS[label].split(), 6))},{headline[label]}\n")
+  cfg = finetune_config(family=family, objective=objective, **{
+      "task.name": "generation_file", "task.max_target_len": 8, "data.seq_len": 32, "data.tfds_data_dir": bbc_data_dir,
+      "tokenizer.vocab_size": 512, "tokenizer.model_type": "bpe", "data.batch_size": 8, "optim.lr": 1e-2,
+      "mesh.data": -1, "train.num_steps": 100, "finetune.min_steps": 100, "train.eval_every": 50,
+      "train.log_every": 50})
+  for split in ("train", "validation", "test"):
+    cfg.task[f"{split}_file"] = str(tmp_path / f"{split}.csv")
+  cfg.workdir = str(tmp_path / "run")
+  summary = finetune.run(cfg)
+  assert summary["test"]["rougeL"] == pytest.approx(100.0), summary["test"]
+  with open(tmp_path / "run" / "test_predictions.jsonl") as f:
+    rows = [json.loads(line) for line in f]
+  assert len(rows) == 12 and all(r["prediction"] == r["target"] for r in rows)
+
+
+# --- Pretrain -> fine-tune -> predict through launch.py, for a causal and an encoder family.
+
+from test_launch import ROOT, launch, tiny_run  # noqa: E402,F401  (tiny_run: the session's tiny GPT run)
+
+
+@pytest.fixture(scope="module")
+def tiny_bert_run(tmp_path_factory, bbc_data_dir):
+  workdir = str(tmp_path_factory.mktemp("runs") / "bert")
+  launch([f"--config={ROOT}/experiments/bert.py:size=tiny", f"--workdir={workdir}"], bbc_data_dir)
+  return workdir
+
+
+@pytest.mark.parametrize("pretrained", ["tiny_run", "tiny_bert_run"])
+def test_pretrain_finetune_predict_through_launch(pretrained, request, tmp_path, bbc_data_dir):
+  pre = request.getfixturevalue(pretrained)
+  pre_dir = pre[0] if isinstance(pre, tuple) else pre
+  workdir = str(tmp_path / "topic")
+  stdout = launch([f"--config={ROOT}/experiments/finetune.py:size=tiny,task=topic", f"--workdir={workdir}",
+                   f"--config.init_from={pre_dir}"], bbc_data_dir).stdout
+  assert f"pretrained tensors from {pre_dir} step 20" in stdout and "confusion matrix" in stdout
+  with open(os.path.join(workdir, "metrics.json")) as f:
+    summary = json.load(f)
+  assert len(summary["test"]["confusion_matrix"]) == 5 and summary["train_examples"] > 1000
+  assert sum(map(sum, summary["test"]["confusion_matrix"])) == 217  # every test article, once
+  out = launch(["predict", f"--workdir={workdir}", "--text=Shares in the bank rose after profits beat forecasts",
+                "--text=The striker scored twice"], bbc_data_dir).stdout.strip().splitlines()
+  assert len(out) == 2 and all("(probabilities: " in line for line in out)
+  probs = [float(part.split()[-1]) for part in out[0].split("(probabilities: ")[1].rstrip(")").split(", ")]
+  assert len(probs) == 5 and sum(probs) == pytest.approx(1.0, abs=2e-3)
+  assert out[0].split(" -> ")[1].split(" (")[0] in ("business", "entertainment", "politics", "sports", "tech")
+  if pretrained != "tiny_run":
+    return
+  mismatch = launch([f"--config={ROOT}/experiments/finetune.py:size=small,task=topic", f"--workdir={tmp_path}/x",
+                     f"--config.init_from={pre_dir}"], bbc_data_dir, check=False)
+  assert mismatch.returncode and "does not match the pretraining run" in mismatch.stderr

@@ -48,7 +48,7 @@ def get_config(arg=None):
   c = task_config.default_config()
   for section in ("data", "tokenizer", "model"):
     c[section] = sized[section]
-  c.name = f"finetune_{opts.task}_{'tfidf_svm' if opts.baseline else opts.family}_{opts.size}"
+  c.name = f"finetune_{opts.task}"  # the work directory adds what is fine-tuned: runs/finetune_topic_gpt_small
   c.model.family, c.objective.name, c.model.rnn_cell = FAMILIES[opts.family]
   if opts.family in ("lstm", "gru"):
     c.model.num_layers = 2  # as experiments/lstm.py

@@ -284,14 +284,17 @@ def test_pretrain_finetune_predict_through_launch(pretrained, request, tmp_path,
     summary = json.load(f)
   assert len(summary["test"]["confusion_matrix"]) == 5 and summary["train_examples"] > 1000
   assert sum(map(sum, summary["test"]["confusion_matrix"])) == 217  # every test article, once
-  out = launch(["predict", f"--workdir={workdir}", "--text=Shares in the bank rose after profits beat forecasts",
-                "--text=The striker scored twice"], bbc_data_dir).stdout.strip().splitlines()
+  texts = tmp_path / "texts.txt"
+  texts.write_text("Shares in the bank rose after profits beat forecasts\n\nThe striker scored twice\n")
+  out = launch(["predict", f"--workdir={workdir}", f"--input={texts}"], bbc_data_dir).stdout.strip().splitlines()
   assert len(out) == 2 and all("(probabilities: " in line for line in out)
   probs = [float(part.split()[-1]) for part in out[0].split("(probabilities: ")[1].rstrip(")").split(", ")]
   assert len(probs) == 5 and sum(probs) == pytest.approx(1.0, abs=2e-3)
   assert out[0].split(" -> ")[1].split(" (")[0] in ("business", "entertainment", "politics", "sports", "tech")
   if pretrained != "tiny_run":
     return
+  sample = launch(["sample", f"--workdir={workdir}"], bbc_data_dir, check=False)
+  assert sample.returncode and "is a fine-tuning run; use `launch.py predict" in sample.stderr
   mismatch = launch([f"--config={ROOT}/experiments/finetune.py:size=small,task=topic", f"--workdir={tmp_path}/x",
                      f"--config.init_from={pre_dir}"], bbc_data_dir, check=False)
   assert mismatch.returncode and "does not match the pretraining run" in mismatch.stderr

@@ -42,8 +42,26 @@ def _num_steps(cfg, num_train: int) -> int:
   return min(steps, cfg.train.num_steps)
 
 
+def default_workdir(cfg) -> str:
+  """runs/<name>_<what is fine-tuned>[_f<label fraction>][_s<seed>], e.g. runs/finetune_topic_gpt_small
+  (from runs/gpt_small), runs/finetune_topic_scratch_decoder_f0.1, runs/finetune_topic_tfidf_svm_s1."""
+  if cfg.finetune.baseline:
+    source = cfg.finetune.baseline
+  elif cfg.init_from:
+    pre_dir, pre_step = task_config.split_init_from(cfg.init_from)
+    source = os.path.basename(os.path.abspath(pre_dir)) + (f"_step{pre_step}" if pre_step is not None else "")
+  else:
+    source = f"scratch_{cfg.model.family}"
+  name = f"{cfg.name}_{source}"
+  if cfg.task.label_fraction != 1.0:
+    name += f"_f{cfg.task.label_fraction:g}"
+  if cfg.seed:
+    name += f"_s{cfg.seed}"
+  return os.path.join("runs", name)
+
+
 def _prepare_workdir(cfg, task: data.TaskData) -> str:
-  workdir = cfg.workdir or os.path.join("runs", cfg.name)
+  workdir = cfg.workdir or default_workdir(cfg)
   ckpt_dir = os.path.join(workdir, "checkpoints")
   if os.path.exists(os.path.join(workdir, "metrics.json")) or (os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir)):
     raise ConfigError(f"{workdir} already holds a fine-tuning run (fine-tuning does not resume: runs are short "

@@ -233,6 +233,8 @@ def sample_workdir(workdir: str, prompts=None, seed: int = 0, overrides=None) ->
   if not os.path.exists(os.path.join(workdir, "config.json")):
     raise config_lib.ConfigError(f"{workdir} has no config.json: it is not an lmlab work directory.")
   cfg = load_config(workdir)
+  if "task" in cfg:
+    raise config_lib.ConfigError(f"{workdir} is a fine-tuning run; use `launch.py predict --workdir {workdir}`.")
   for key, value in (overrides or {}).items():
     if value is not None:
       cfg.sample[key] = value

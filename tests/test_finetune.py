@@ -258,6 +258,8 @@ def test_generation_learns_a_source_dependent_target(family, objective, tmp_path
   with open(tmp_path / "run" / "test_predictions.jsonl") as f:
     rows = [json.loads(line) for line in f]
   assert len(rows) == 12 and all(r["prediction"] == r["target"] for r in rows)
+  predicted = finetune.predict_workdir(str(tmp_path / "run"), ["goal match striker keeper league cup"])
+  assert predicted == [{"output": "match report"}]
 
 
 # --- Pretrain -> fine-tune -> predict through launch.py, for a causal and an encoder family.

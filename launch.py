@@ -49,8 +49,9 @@ def _init_distributed():
   if FLAGS.num_processes > 1:
     if not FLAGS.coordinator_address:
       raise app.UsageError("--num_processes > 1 needs --coordinator_address=host:port of process 0.")
-    if jax.default_backend() == "cpu":
-      jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    # Cross-process collectives of the CPU backend (no effect on GPU/TPU). Not conditional on
+    # jax.default_backend(): asking initializes the backend, after which initialize() refuses to run.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
 
 

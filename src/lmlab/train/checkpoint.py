@@ -5,8 +5,10 @@ position is the step itself (the input order is a pure function of seed and step
 derived from (seed, step), so restoring the state resumes the run exactly.
 """
 
+import logging
 import os
 import sys
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -51,14 +53,25 @@ def _ignore_orphaned_reads() -> None:
   """After a failed restore, orbax has closed its event loop while tensorstore reads of other arrays are
   still in flight; each one finishing then reports 'Event loop is closed' from a worker thread. Those
   reports carry no information beyond the error we raise, so they are dropped."""
-  previous = sys.unraisablehook
+  orphaned = lambda exc: isinstance(exc, RuntimeError) and "Event loop is closed" in str(exc)
+  previous_unraisable, previous_thread = sys.unraisablehook, threading.excepthook
 
-  def hook(unraisable):
-    if not (isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in
-            str(unraisable.exc_value)):
-      previous(unraisable)
+  def unraisable_hook(unraisable):
+    if not orphaned(unraisable.exc_value):
+      previous_unraisable(unraisable)
 
-  sys.unraisablehook = hook
+  def thread_hook(args):
+    if not orphaned(args.exc_value):
+      previous_thread(args)
+
+  class Filter(logging.Filter):  # asyncio logs "Task exception was never retrieved" for them too
+
+    def filter(self, record):
+      exc = record.exc_info[1] if record.exc_info else None
+      return not (orphaned(exc) or "Event loop is closed" in record.getMessage())
+
+  sys.unraisablehook, threading.excepthook = unraisable_hook, thread_hook
+  logging.getLogger("asyncio").addFilter(Filter())
 
 
 def restore(manager: ocp.CheckpointManager, abstract_state, step: int | None = None):

@@ -4,6 +4,8 @@ import os
 
 import pytest
 
+from launching import ROOT, TINY, launch
+
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 
 
@@ -44,3 +46,21 @@ def overfit():
     return float(loss)
 
   return run
+
+
+# Tiny pretraining runs through launch.py, shared by the end-to-end tests of test_launch.py (train, resume,
+# sample, multi-process) and test_finetune.py (fine-tune, predict).
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, bbc_data_dir):
+  workdir = str(tmp_path_factory.mktemp("runs") / "tiny")
+  proc = launch([*TINY, f"--workdir={workdir}"], bbc_data_dir, devices=2)
+  return workdir, proc.stdout
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_run(tmp_path_factory, bbc_data_dir):
+  workdir = str(tmp_path_factory.mktemp("runs") / "bert")
+  proc = launch([f"--config={ROOT}/experiments/bert.py:size=tiny", f"--workdir={workdir}"], bbc_data_dir)
+  return workdir, proc.stdout

@@ -264,20 +264,12 @@ def test_generation_learns_a_source_dependent_target(family, objective, tmp_path
 
 # --- Pretrain -> fine-tune -> predict through launch.py, for a causal and an encoder family.
 
-from test_launch import ROOT, launch, tiny_run  # noqa: E402,F401  (tiny_run: the session's tiny GPT run)
-
-
-@pytest.fixture(scope="module")
-def tiny_bert_run(tmp_path_factory, bbc_data_dir):
-  workdir = str(tmp_path_factory.mktemp("runs") / "bert")
-  launch([f"--config={ROOT}/experiments/bert.py:size=tiny", f"--workdir={workdir}"], bbc_data_dir)
-  return workdir
+from launching import ROOT, launch  # noqa: E402  (tiny_run, tiny_bert_run: conftest.py)
 
 
 @pytest.mark.parametrize("pretrained", ["tiny_run", "tiny_bert_run"])
 def test_pretrain_finetune_predict_through_launch(pretrained, request, tmp_path, bbc_data_dir):
-  pre = request.getfixturevalue(pretrained)
-  pre_dir = pre[0] if isinstance(pre, tuple) else pre
+  pre_dir = request.getfixturevalue(pretrained)[0]
   workdir = str(tmp_path / "topic")
   stdout = launch([f"--config={ROOT}/experiments/finetune.py:size=tiny,task=topic", f"--workdir={workdir}",
                    f"--config.init_from={pre_dir}"], bbc_data_dir).stdout

@@ -9,31 +9,13 @@ import sys
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = [f"--config={ROOT}/experiments/gpt.py:size=tiny", "--config.train.log_every=1"]
-
-
-def launch(args, data_dir, devices=1, check=True):
-  env = dict(os.environ, TFDS_DATA_DIR=data_dir,
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-  proc = subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"), *args], env=env, cwd=ROOT,
-                        capture_output=True, text=True, timeout=600)
-  if check and proc.returncode:
-    raise AssertionError(f"launch.py {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr[-4000:]}")
-  return proc
+from launching import ROOT, TINY, launch
 
 
 def train_losses(workdir):
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     rows = [json.loads(line) for line in f]
   return {r["step"]: r["loss"] for r in rows if r["split"] == "train"}
-
-
-@pytest.fixture(scope="session")  # session: test_finetune.py fine-tunes this run too
-def tiny_run(tmp_path_factory, bbc_data_dir):
-  workdir = str(tmp_path_factory.mktemp("runs") / "tiny")
-  proc = launch([*TINY, f"--workdir={workdir}"], bbc_data_dir, devices=2)
-  return workdir, proc.stdout
 
 
 def test_train_writes_metrics_checkpoints_and_samples(tiny_run):
@@ -128,9 +110,12 @@ def test_damaged_checkpoint_is_reported_and_kept(tiny_run, tmp_path, bbc_data_di
     ("t5.py:size=tiny", ["objective span_corruption", "sample: Shares in the <extra_id_0> sharply on "]),
     ("ngram.py:size=tiny,order=3", ["3-gram Kneser-Ney: validation loss"]),
 ])
-def test_other_families_train_evaluate_and_sample(experiment, expect, tmp_path, bbc_data_dir):
-  workdir = str(tmp_path / "run")
-  stdout = launch([f"--config={ROOT}/experiments/{experiment}", f"--workdir={workdir}"], bbc_data_dir).stdout
+def test_other_families_train_evaluate_and_sample(experiment, expect, request, tmp_path, bbc_data_dir):
+  if experiment.startswith("bert"):
+    workdir, stdout = request.getfixturevalue("tiny_bert_run")
+  else:
+    workdir = str(tmp_path / "run")
+    stdout = launch([f"--config={ROOT}/experiments/{experiment}", f"--workdir={workdir}"], bbc_data_dir).stdout
   for text in expect:
     assert text in stdout, (text, stdout[-2000:])
   with open(os.path.join(workdir, "metrics.json")) as f:

@@ -6,7 +6,7 @@ r"""lmlab's command line.
       prompt such as "Shares <extra_id_0> sharply" for encoder-decoder runs, --beam_size for beam search)
   python launch.py sweep --config experiments/gpt.py:size=tiny                            run get_sweep()
   python launch.py --config experiments/finetune.py:task=topic --config.init_from=runs/gpt_small   fine-tune
-  python launch.py predict --workdir runs/finetune_topic --text "Shares rose..." [--input file.txt]
+  python launch.py predict --workdir runs/finetune_topic_gpt_small --text "Shares rose..." [--input file]
       (a fine-tuned run's label with class probabilities, or its generated output; --input: one text per line)
 
 Multi-host: start one process per host with --num_processes, --process_id and --coordinator_address

@@ -212,8 +212,16 @@ def toy_config(tmp_path, bbc_data_dir, **changes):
 
 
 def test_fine_tuning_learns_a_separable_toy_task_to_100_percent(tmp_path, bbc_data_dir):
-  summary = finetune.run(toy_config(tmp_path, bbc_data_dir))
+  summary = finetune.run(toy_config(tmp_path, bbc_data_dir, **{
+      "train.num_steps": 100, "finetune.min_steps": 100, "train.eval_every": 10, "finetune.patience": 2}))
   assert summary["test"]["accuracy"] == 1.0 and summary["test"]["macro_f1"] == 1.0
+  # Validation accuracy cannot beat 1.0: early stopping ends the run two evaluations after it first gets
+  # there, and only the best checkpoint (orbax breaks ties by recency) is kept.
+  with open(tmp_path / "run" / "metrics.jsonl") as f:
+    evals = [row for row in map(json.loads, f) if row["split"] == "eval"]
+  first_perfect = next(row["step"] for row in evals if row["accuracy"] == 1.0)
+  assert summary["steps_run"] == first_perfect + 20 < 100
+  assert os.listdir(tmp_path / "run" / "checkpoints") == [str(summary["best_step"])]
   assert summary["test"]["confusion_matrix"] == [[6, 0, 0], [0, 6, 0], [0, 0, 6]]
   workdir = str(tmp_path / "run")
   assert os.path.exists(os.path.join(workdir, "confusion_matrix.png"))

@@ -67,8 +67,9 @@ def default_config() -> ml_collections.ConfigDict:
   # Linear warmup over this fraction of the updates (sets config.optim.warmup_steps).
   f.warmup_fraction = 0.1
   # Stop after this many evaluations (every config.train.eval_every steps) without a better validation
-  # metric (0: never stop early).
-  f.patience = 3
+  # metric (0: never stop early; the best checkpoint is still the one evaluated). Slow starters (LSTMs,
+  # BERT on its plateau) can sit several evaluations on a plateau before they improve.
+  f.patience = 0
   # Validation metric that selects the best checkpoint; auto: accuracy (classification), rougeL (generation).
   f.metric = "auto"
   # Checkpoints kept, best first by the metric; the best is evaluated on the test split at the end.

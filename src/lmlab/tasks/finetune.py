@@ -262,7 +262,7 @@ def run(cfg) -> dict:
 
   # --- Train loop: evaluate every eval_every steps, keep the best checkpoints, stop early.
   better = (lambda a, b: a > b) if mode == "max" else (lambda a, b: a < b)
-  best_value, best_step, stale = None, 0, 0
+  best_value, stale = None, 0
   log.start(0)
   for step_num in range(1, cfg.train.num_steps + 1):
     local = inputs.local_rows(order[step_num - 1], jax.process_index(), jax.process_count())
@@ -277,7 +277,7 @@ def run(cfg) -> dict:
     log.print(f"validation at step {step_num}: {describe(result)}")
     checkpoint.save(manager, state, {"name": cfg.name}, {metric_name: value})
     if best_value is None or better(value, best_value):
-      best_value, best_step, stale = value, step_num, 0
+      best_value, stale = value, 0
     else:
       stale += 1
       if cfg.finetune.patience and stale >= cfg.finetune.patience:

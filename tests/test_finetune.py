@@ -15,7 +15,7 @@ from lmlab.config import ConfigError
 from lmlab.data import tokenizer
 from lmlab.models import heads
 from lmlab.tasks import config as task_config
-from lmlab.tasks import finetune, inputs
+from lmlab.tasks import finetune, inputs, metrics
 from lmlab.train import checkpoint, optimizer, partitioning, trainer
 
 V = 64
@@ -241,18 +241,42 @@ def test_the_baseline_runs_in_the_same_harness_with_the_same_layout(tmp_path, bb
   assert finetune.predict_workdir(str(tmp_path / "run"), ["album and guitar tour"])[0]["label"] == "music"
 
 
-@pytest.mark.parametrize("family,objective", [("decoder", "causal_lm"), ("encoder_decoder", "span_corruption")])
-def test_generation_learns_a_source_dependent_target(family, objective, tmp_path, bbc_data_dir):
-  """Sources of each topic map to that topic's fixed headline: ROUGE-L 100 needs the targets, weights
-  and decoding prompt to line up, and the model to read the source."""
+HEADLINES = {"sport": "match report", "money": "market news", "music": "album review"}
+
+
+def toy_generation_files(tmp_path):
+  """train/validation/test.csv: six words of one topic -> that topic's fixed two-word headline."""
   rng = np.random.default_rng(0)
-  headline = {"sport": "match report", "money": "market news", "music": "album review"}
   for split, count in (("train", 16), ("validation", 4), ("test", 4)):
     with open(tmp_path / f"{split}.csv", "w") as f:
       f.write("source,target\n")
       for label in WORDS:
         for _ in range(count):
-          f.write(f"{' '.join(rng.choice(WORDS[label].split(), 6))},{headline[label]}\n")
+          f.write(f"{' '.join(rng.choice(WORDS[label].split(), 6))},{HEADLINES[label]}\n")
+
+
+def test_lead_baseline_scores_the_first_words_of_each_source(tmp_path):
+  toy_generation_files(tmp_path)
+  cfg = finetune_config(**{"task.name": "generation_file", "finetune.baseline": "lead", "mesh.data": -1})
+  for split in ("train", "validation", "test"):
+    cfg.task[f"{split}_file"] = str(tmp_path / f"{split}.csv")
+  cfg.workdir = str(tmp_path / "run")
+  summary = finetune.run(cfg)
+  sources = [line.split(",")[0] for line in (tmp_path / "test.csv").read_text().splitlines()[1:]]
+  targets = [line.split(",")[1] for line in (tmp_path / "test.csv").read_text().splitlines()[1:]]
+  leads = [" ".join(s.split()[:2]) for s in sources]  # 2: the median headline length in words
+  assert summary["baseline"] == {"method": "lead", "words": 2}
+  assert summary["test"]["rougeL"] == pytest.approx(metrics.generation_report(leads, targets)["rougeL"])
+  assert finetune.predict_workdir(cfg.workdir, ["one two three"]) == [{"output": "one two"}]
+  with pytest.raises(ConfigError, match="'lead' is a generation baseline"):
+    task_config.validate(finetune_config(**{"finetune.baseline": "lead"}))
+
+
+@pytest.mark.parametrize("family,objective", [("decoder", "causal_lm"), ("encoder_decoder", "span_corruption")])
+def test_generation_learns_a_source_dependent_target(family, objective, tmp_path, bbc_data_dir):
+  """Sources of each topic map to that topic's fixed headline: ROUGE-L 100 needs the targets, weights
+  and decoding prompt to line up, and the model to read the source."""
+  toy_generation_files(tmp_path)
   cfg = finetune_config(family=family, objective=objective, **{
       "task.name": "generation_file", "task.max_target_len": 8, "data.seq_len": 32, "data.tfds_data_dir": bbc_data_dir,
       "tokenizer.vocab_size": 512, "tokenizer.model_type": "bpe", "data.batch_size": 8, "optim.lr": 1e-2,

@@ -56,3 +56,13 @@ def class_scores(pipeline: Pipeline, texts: Sequence[str], num_classes: int) -> 
   out = np.full((scores.shape[0], num_classes), -np.inf)
   out[:, np.asarray(pipeline.classes_, int)] = scores
   return out
+
+
+def lead_words(targets: Sequence[str]) -> int:
+  """The lead baseline's length: the median word count of the training targets (at least 1)."""
+  return max(1, int(np.median([len(t.split()) for t in targets])))
+
+
+def lead(sources: Sequence[str], num_words: int) -> list[str]:
+  """The classic summarization baseline: the first num_words words of each source."""
+  return [" ".join(source.split()[:num_words]) for source in sources]

@@ -19,7 +19,7 @@ TASKS = data.KINDS  # task name -> "classification" | "generation"
 POOLINGS = ("auto", "first", "last", "mean")
 METRICS = {"classification": ("auto", "accuracy", "macro_f1", "loss"),
            "generation": ("auto", "rougeL", "rouge1", "rouge2", "bleu", "loss")}
-BASELINES = ("", "tfidf_svm")
+BASELINES = {"tfidf_svm": "classification", "lead": "generation"}  # baseline -> the task kind it serves
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -76,7 +76,9 @@ def default_config() -> ml_collections.ConfigDict:
   f.keep_best = 1
   # Generation: beam search with this many beams (encoder-decoder only; 0: greedy decoding).
   f.beam_size = 0
-  # "tfidf_svm": run the TF-IDF + linear SVM baseline on the same task instead of a neural model.
+  # A non-neural baseline on the same task instead of a neural model: "tfidf_svm" (TF-IDF + linear SVM,
+  # classification) or "lead" (the first words of the source, as many as the median training target;
+  # generation). "": none.
   f.baseline = ""
 
   c.train.eval_every = 25
@@ -171,7 +173,7 @@ def validate(cfg, num_devices: int | None = None, process_count: int = 1) -> Non
     raise ConfigError(f"config.task.name = {t.name!r} is not one of {', '.join(TASKS)}.")
   task_kind = kind(cfg)
   for key, options in (("finetune.pooling", POOLINGS), ("finetune.metric", METRICS[task_kind]),
-                       ("finetune.baseline", BASELINES)):
+                       ("finetune.baseline", ("",) + tuple(BASELINES))):
     value = cfg.finetune[key.split(".")[1]]
     if value not in options:
       raise ConfigError(f"config.{key} = {value!r} is not one of {', '.join(map(repr, options))} for a "
@@ -191,13 +193,13 @@ def validate(cfg, num_devices: int | None = None, process_count: int = 1) -> Non
     raise ConfigError("config.finetune needs epochs > 0, min_steps >= 1, warmup_fraction in [0, 1), "
                       "patience >= 0, keep_best >= 1 and beam_size >= 0.")
   if f.baseline:
-    if task_kind != "classification":
-      raise ConfigError(f"config.finetune.baseline = {f.baseline!r} is a classifier; config.task.name = "
-                        f"{t.name!r} is a generation task.")
+    if BASELINES[f.baseline] != task_kind:
+      raise ConfigError(f"config.finetune.baseline = {f.baseline!r} is a {BASELINES[f.baseline]} baseline; "
+                        f"config.task.name = {t.name!r} is a {task_kind} task.")
     return
   if m.family == "ngram":
     raise ConfigError("config.model.family = 'ngram' has no parameters to fine-tune; use "
-                      "config.finetune.baseline = 'tfidf_svm' for a non-neural baseline.")
+                      "config.finetune.baseline (tfidf_svm or lead) for a non-neural baseline.")
   if task_kind == "generation":
     causal = m.family == "decoder" or (m.family == "rnn" and cfg.objective.name == "causal_lm")
     if not (causal or m.family == "encoder_decoder"):

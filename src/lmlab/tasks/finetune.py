@@ -330,19 +330,29 @@ def _write_json(path: str, value) -> None:
 
 
 def _baseline_run(cfg, workdir: str, log, task: data.TaskData, summary: dict, start_time: float) -> dict:
-  """TF-IDF + linear SVM on the same task, split, label fraction and seed; C chosen on validation."""
-  pipeline, info = baseline.fit_tfidf_svm(task.train.texts, task.train.labels, task.validation.texts,
-                                          task.validation.labels, cfg.seed)
-  log.print(f"TF-IDF + linear SVM: C = {info['C']} (validation accuracy by C: {info['validation_accuracy_by_C']})")
-  summary["baseline"] = dict(info, method="tfidf_svm")
-  for name, split in (("validation", task.validation), ("test", task.test)):
-    scores = baseline.class_scores(pipeline, split.texts, len(task.label_names))
-    report = metrics.classification_report(split.labels, scores.argmax(-1), task.label_names)
-    summary[name] = report
-  _report(cfg, workdir, log, task, summary, None)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, BASELINE_FILE), "wb") as f:
-      pickle.dump(pipeline, f)
+  """The non-neural baseline on the same task, split, label fraction and seed: TF-IDF + linear SVM (C
+  chosen on validation) for classification, the lead (first words of the source) for generation."""
+  predictions = None
+  if cfg.finetune.baseline == "lead":
+    words = baseline.lead_words(task.train.targets)
+    log.print(f"Lead baseline: the first {words} words of each source (the median training target length)")
+    summary["baseline"] = {"method": "lead", "words": words}
+    for name, split in (("validation", task.validation), ("test", task.test)):
+      outputs = baseline.lead(split.texts, words)
+      summary[name] = metrics.generation_report(outputs, split.targets)
+    predictions = outputs
+  else:
+    pipeline, info = baseline.fit_tfidf_svm(task.train.texts, task.train.labels, task.validation.texts,
+                                            task.validation.labels, cfg.seed)
+    log.print(f"TF-IDF + linear SVM: C = {info['C']} (validation accuracy by C: {info['validation_accuracy_by_C']})")
+    summary["baseline"] = dict(info, method="tfidf_svm")
+    for name, split in (("validation", task.validation), ("test", task.test)):
+      scores = baseline.class_scores(pipeline, split.texts, len(task.label_names))
+      summary[name] = metrics.classification_report(split.labels, scores.argmax(-1), task.label_names)
+    if jax.process_index() == 0:
+      with open(os.path.join(workdir, BASELINE_FILE), "wb") as f:
+        pickle.dump(pipeline, f)
+  _report(cfg, workdir, log, task, summary, predictions)
   summary["wall_time_s"] = time.perf_counter() - start_time
   _write_json(os.path.join(workdir, "metrics.json"), summary)
   log.close()
@@ -368,6 +378,10 @@ def predict_workdir(workdir: str, texts: list[str]) -> list[dict]:
   with open(paths["task.json"]) as f:
     task_info = json.load(f)
   label_names = tuple(task_info["label_names"])
+  if cfg.finetune.baseline == "lead":
+    with open(paths["metrics.json"]) as f:
+      words = json.load(f)["baseline"]["words"]
+    return [{"output": text} for text in baseline.lead(texts, words)]
   if cfg.finetune.baseline:
     with open(os.path.join(workdir, BASELINE_FILE), "rb") as f:
       pipeline = pickle.load(f)

@@ -25,10 +25,13 @@ def load(root: str) -> list[dict]:
   return runs
 
 
+BASELINE_NAMES = {"tfidf_svm": "TF-IDF + linear SVM", "lead": "lead (first words of the source)"}
+
+
 def system_name(summary: dict) -> str:
-  """tfidf_svm, '<family>/<objective> from <pretraining dir>' or '<family>/<objective> from scratch'."""
-  if summary["system"] == "tfidf_svm":
-    return "TF-IDF + linear SVM"
+  """A baseline's name, '<family>/<objective> from <pretraining dir>' or '<family>/<objective> from scratch'."""
+  if summary["system"] in BASELINE_NAMES:
+    return BASELINE_NAMES[summary["system"]]
   source = os.path.basename(os.path.normpath(summary["init_from"])) if summary["init_from"] else "scratch"
   return f"{summary['system']} from {source}"
 

@@ -108,7 +108,7 @@ def _transfer(cfg, trn: trainer.Trainer, state, vocab_size: int, log) -> step.Tr
   if not steps or (pre_step is not None and pre_step not in steps):
     manager.close()
     raise checkpoint.CheckpointError(
-        f"config.init_from = {cfg.init_from!r}: no checkpoint {'at step %d' % pre_step if pre_step else ''} "
+        f"config.init_from = {cfg.init_from!r}: no checkpoint {'' if pre_step is None else f'at step {pre_step} '}"
         f"there (saved steps: {sorted(steps) or 'none'}). Pretrain first, or name a saved step.")
   pre_state, record = checkpoint.restore(manager, pre_trn.abstract_state, pre_step)
   manager.close()
@@ -152,13 +152,14 @@ class Evaluator:
       self._arrays[key] = task_arrays(self.cfg, self.sp, self.task, split)
     return self._arrays[key]
 
-  def _batches(self, arrays: dict):
-    for index in inputs.eval_order(inputs.num_examples(arrays), self.cfg.data.batch_size):
-      local = inputs.local_rows(index, jax.process_index(), jax.process_count())
-      yield partitioning.global_batch(inputs.take(arrays, local), self.trn.mesh)
+  def _local_batches(self, arrays: dict) -> list[dict]:
+    """This process's rows of every evaluation batch (padding rows have weight 0)."""
+    return [inputs.take(arrays, inputs.local_rows(index, jax.process_index(), jax.process_count()))
+            for index in inputs.eval_order(inputs.num_examples(arrays), self.cfg.data.batch_size)]
 
   def class_probabilities(self, params, arrays: dict) -> np.ndarray:
-    logits = np.concatenate([np.asarray(self._logits(params, b)) for b in self._batches(arrays)])
+    logits = np.concatenate([np.asarray(self._logits(params, partitioning.global_batch(b, self.trn.mesh)))
+                             for b in self._local_batches(arrays)])
     logits = logits[:inputs.num_examples(arrays)]
     return np.asarray(jax.nn.softmax(logits, axis=-1))
 
@@ -185,14 +186,11 @@ class Evaluator:
       if with_predictions:
         report["predictions"] = probs.argmax(-1).tolist()
       return report
-    totals = None
-    for batch in self._batches(arrays):
-      sums = self.trn.eval_step(params, batch)
-      totals = sums if totals is None else jax.tree_util.tree_map(lambda a, b: a + b, totals, sums)
-    loss = float(totals["loss_sum"] / max(float(totals["weight_sum"]), 1.0))
+    # Teacher-forced target loss and perplexity, as pretraining evaluates its targets.
+    scores = loop.evaluate(self.trn, params, self._local_batches(arrays), max_batches=0)
     predictions = self.generate(params, split.texts)
-    report = dict(metrics.generation_report(predictions, split.targets), loss=loss,
-                  perplexity=math.exp(min(loss, 50.0)))
+    report = dict(metrics.generation_report(predictions, split.targets), loss=scores["loss"],
+                  perplexity=scores["perplexity"])
     if with_predictions:
       report["predictions"] = predictions
     return report

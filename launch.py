@@ -64,10 +64,14 @@ def _experiment_module():
 
 
 def _run(cfg):
-  """Pretraining, or fine-tuning for a config with a task section (experiments/finetune.py)."""
+  """Fine-tuning for a config with a task section (experiments/finetune.py), the n-gram baseline, or
+  pretraining."""
   if "task" in cfg:
     from lmlab.tasks import finetune
     return finetune.run(cfg)
+  if cfg.model.family == "ngram":
+    from lmlab.train import ngram_run
+    return ngram_run.run(cfg)
   from lmlab.train import loop
   return loop.train_and_evaluate(cfg)
 
@@ -79,16 +83,16 @@ def train(cfg):
 
 
 def sample():
-  from lmlab.train import loop
+  from lmlab.decode import complete
   if not FLAGS.workdir:
     raise app.UsageError("sample needs --workdir, the work directory of a training run.")
   overrides = {k: getattr(FLAGS, k) for k in ("max_new_tokens", "temperature", "top_k", "top_p", "beam_size")}
-  for prompt, text in loop.sample_workdir(FLAGS.workdir, FLAGS.prompt, FLAGS.seed, overrides):
+  for prompt, text in complete.sample_workdir(FLAGS.workdir, FLAGS.prompt, FLAGS.seed, overrides):
     print(f"{prompt} -> {text}")
 
 
 def predict():
-  from lmlab.tasks import finetune
+  from lmlab.tasks import predict as predict_lib
   if not FLAGS.workdir:
     raise app.UsageError("predict needs --workdir, the work directory of a fine-tuning run.")
   texts = list(FLAGS.text or [])
@@ -97,7 +101,7 @@ def predict():
       raise app.UsageError(f"--input {FLAGS.input} does not exist.")
     with open(FLAGS.input, encoding="utf-8") as f:
       texts += [line.strip() for line in f if line.strip()]
-  for text, result in zip(texts, finetune.predict_workdir(FLAGS.workdir, texts)):
+  for text, result in zip(texts, predict_lib.predict_workdir(FLAGS.workdir, texts)):
     shown = text if len(text) <= 80 else text[:77] + "..."
     if "output" in result:
       print(f"{shown} -> {result['output']}")
@@ -129,8 +133,7 @@ def main(argv):
     raise app.UsageError(f"Unknown command {' '.join(argv[1:])!r}; commands are {', '.join(COMMANDS)}.")
   command = argv[1] if len(argv) == 2 else "train"
   logging.set_verbosity(logging.ERROR)  # orbax logs every save; TFDS warns about its own internals
-  from lmlab import config as config_lib
-  from lmlab.train import checkpoint
+  from lmlab import errors
   _init_distributed()
   try:
     if command == "sample":
@@ -139,7 +142,7 @@ def main(argv):
       predict()
     else:
       (sweep if command == "sweep" else train)(copy.deepcopy(FLAGS.config).unlock())
-  except (config_lib.ConfigError, checkpoint.CheckpointError) as e:
+  except errors.UserError as e:
     sys.exit(f"error: {e}")
 
 

@@ -48,10 +48,8 @@ def get_config(arg=None):
     raise config_lib.ConfigError(f"Unknown task={opts.task!r}; tasks are {', '.join(TASKS)}.")
   if opts.family not in FAMILIES:
     raise config_lib.ConfigError(f"Unknown family={opts.family!r}; families are {', '.join(FAMILIES)}.")
-  sized = config_lib.sized_config("unused", opts.size)
-  c = task_config.default_config()
-  for section in ("data", "tokenizer", "model"):
-    c[section] = sized[section]
+  # The architecture sections of the size preset (model, data, tokenizer); training lengths are derived.
+  c = config_lib.apply_size(task_config.default_config(), opts.size, config_lib.ARCHITECTURE)
   c.name = f"finetune_{opts.task}"  # the work directory adds what is fine-tuned: runs/finetune_topic_gpt_small
   c.model.family, c.objective.name, c.model.rnn_cell = FAMILIES[opts.family]
   if opts.family in ("lstm", "gru"):

@@ -8,13 +8,16 @@ import difflib
 
 import ml_collections
 
+from lmlab import objectives
+from lmlab.errors import ConfigError
+
 ConfigDict = ml_collections.ConfigDict
 
 # Allowed values of the string-valued choices.
 CHOICES = {
     "model.family": ("decoder", "encoder", "encoder_decoder", "rnn", "ngram"),
     "model.rnn_cell": ("lstm", "gru"),
-    "objective.name": ("causal_lm", "prefix_lm", "mlm", "mlm_nsp", "span_corruption"),
+    "objective.name": tuple(objectives.REGISTRY),
     "data.source": ("tfds", "text_files"),
     "data.text_unit": ("file", "paragraph", "line"),
     "tokenizer.model_type": ("unigram", "bpe", "char"),
@@ -24,20 +27,6 @@ CHOICES = {
     "model.dtype": ("float32", "bfloat16"),
     "model.remat": ("none", "full", "dots"),
 }
-
-
-# The objectives each model family trains with (config.model.family -> config.objective.name).
-OBJECTIVES = {
-    "decoder": ("causal_lm", "prefix_lm"),
-    "encoder": ("mlm", "mlm_nsp"),
-    "encoder_decoder": ("span_corruption",),
-    "rnn": ("causal_lm", "mlm"),  # mlm: a bidirectional LSTM/GRU
-    "ngram": ("causal_lm",),
-}
-
-
-class ConfigError(ValueError):
-  """A config that cannot run; the message names the key and the fix."""
 
 
 def default_config() -> ConfigDict:
@@ -129,7 +118,7 @@ def default_config() -> ConfigDict:
   m.remat = "none"
 
   c.objective = ob = ConfigDict()
-  # Pretraining objective (see OBJECTIVES for the families each one trains): causal_lm, prefix_lm,
+  # Pretraining objective (lmlab.objectives; each names the families it trains): causal_lm, prefix_lm,
   # mlm (masked LM), mlm_nsp (masked LM + next-sentence prediction) or span_corruption (T5).
   ob.name = "causal_lm"
   # prefix_lm: the prefix is this fraction of each document piece; 0: a uniformly random split point.
@@ -204,50 +193,53 @@ def default_config() -> ConfigDict:
   return c
 
 
-# The shared size presets of the experiment files:
-# name: (layers, d_model, heads, mlp_dim, seq_len, batch, vocab, steps, lr)
+# The size presets of the experiment files, as named config fields. model / data / tokenizer define the
+# architecture (ARCHITECTURE: what a fine-tuning config takes from a preset); the rest sets the budget
+# and cadence that go with that scale.
 SIZES = {
-    "tiny": (2, 64, 2, 256, 64, 8, 512, 20, 3e-3),
-    "small": (4, 256, 4, 1024, 128, 32, 4096, 300, 3e-3),
-    "base": (12, 768, 12, 3072, 1024, 256, 16384, 20000, 6e-4),
+    # Seconds on a CPU: the tests' preset.
+    "tiny": {
+        "model.num_layers": 2, "model.d_model": 64, "model.num_heads": 2, "model.mlp_dim": 256,
+        "data.seq_len": 64, "data.batch_size": 8,
+        "tokenizer.vocab_size": 512, "tokenizer.model_type": "bpe",  # bpe trains in a fraction of a second
+        "tokenizer.num_sentinels": 20,
+        "optim.lr": 3e-3, "optim.warmup_steps": 5,
+        "train.num_steps": 20, "train.log_every": 5, "train.eval_every": 10, "train.eval_batches": 4,
+        "train.checkpoint_every": 10, "sample.max_new_tokens": 8,
+    },
+    # The CPU default: about 1.2M tokens seen in 300 steps.
+    "small": {
+        "model.num_layers": 4, "model.d_model": 256, "model.num_heads": 4, "model.mlp_dim": 1024,
+        "data.seq_len": 128, "data.batch_size": 32, "tokenizer.vocab_size": 4096,
+        "optim.lr": 3e-3, "train.num_steps": 300,
+    },
+    # GPT-2-small / BERT-base scale for accelerators: bfloat16, scanned layers, FSDP.
+    "base": {
+        "model.num_layers": 12, "model.d_model": 768, "model.num_heads": 12, "model.mlp_dim": 3072,
+        "model.dtype": "bfloat16", "model.scan_layers": True, "model.remat": "dots", "model.dropout_rate": 0.1,
+        "data.seq_len": 1024, "data.batch_size": 256, "tokenizer.vocab_size": 16384,
+        "optim.lr": 6e-4, "optim.warmup_steps": 1000,
+        "train.num_steps": 20000, "train.log_every": 50, "train.eval_every": 1000, "train.eval_batches": 50,
+        "train.checkpoint_every": 1000, "mesh.fsdp": -1, "mesh.data": 1,
+    },
 }
+ARCHITECTURE = ("model", "data", "tokenizer")
+
+
+def apply_size(cfg: ConfigDict, size: str, sections: tuple[str, ...] | None = None) -> ConfigDict:
+  """Sets the fields of SIZES[size] (only those in `sections`, default all) on cfg and returns it."""
+  if size not in SIZES:
+    raise ConfigError(f"Unknown size {size!r}; sizes are {', '.join(SIZES)}.")
+  for key, value in SIZES[size].items():
+    if sections is None or key.split(".")[0] in sections:
+      set_by_path(cfg, key, value)
+  return cfg
 
 
 def sized_config(name: str, size: str) -> ConfigDict:
-  """default_config() at one of SIZES: tiny runs in seconds (tests), small is the CPU default (about
-  1.2M tokens seen), base is GPT-2-small / BERT-base scale for accelerators (bfloat16, scanned layers,
-  FSDP)."""
-  if size not in SIZES:
-    raise ConfigError(f"Unknown size {size!r}; sizes are {', '.join(SIZES)}.")
-  layers, d_model, heads, mlp_dim, seq_len, batch, vocab, steps, lr = SIZES[size]
-  c = default_config()
+  """default_config() at one of SIZES, named <name>_<size> (the default work directory runs/<name>_<size>)."""
+  c = apply_size(default_config(), size)
   c.name = f"{name}_{size}"
-  c.data.seq_len, c.data.batch_size = seq_len, batch
-  c.tokenizer.vocab_size = vocab
-  c.model.num_layers, c.model.d_model, c.model.num_heads, c.model.mlp_dim = layers, d_model, heads, mlp_dim
-  c.optim.lr = lr
-  c.train.num_steps = steps
-  if size == "tiny":
-    c.tokenizer.model_type = "bpe"  # trains in a fraction of a second
-    c.tokenizer.num_sentinels = 20
-    c.optim.warmup_steps = 5
-    c.train.log_every = 5
-    c.train.eval_every = 10
-    c.train.eval_batches = 4
-    c.train.checkpoint_every = 10
-    c.sample.max_new_tokens = 8
-  if size == "base":
-    c.model.dtype = "bfloat16"
-    c.model.scan_layers = True
-    c.model.remat = "dots"
-    c.model.dropout_rate = 0.1
-    c.optim.warmup_steps = 1000
-    c.train.log_every = 50
-    c.train.eval_every = 1000
-    c.train.eval_batches = 50
-    c.train.checkpoint_every = 1000
-    c.mesh.fsdp = -1
-    c.mesh.data = 1
   return c
 
 
@@ -314,8 +306,9 @@ def validate(cfg: ConfigDict, num_devices: int | None = None, process_count: int
            "train.eval_batches", "sample.temperature", "sample.top_k", "sample.beam_size", "data.prefetch",
            allow_zero=True)
   m, d, o = cfg.model, cfg.data, cfg.optim
-  if cfg.objective.name not in OBJECTIVES[m.family]:
-    pairs = "; ".join(f"{family}: {', '.join(names)}" for family, names in OBJECTIVES.items())
+  objective = objectives.get(cfg.objective.name)
+  if m.family not in objective.families:
+    pairs = "; ".join(f"{family}: {', '.join(names)}" for family, names in objectives.by_family().items())
     raise ConfigError(f"config.objective.name = {cfg.objective.name!r} does not train config.model.family = "
                       f"{m.family!r}. Valid pairs are {pairs}.")
   ob = cfg.objective
@@ -330,14 +323,7 @@ def validate(cfg: ConfigDict, num_devices: int | None = None, process_count: int
   if not (0.0 < ob.noise_density < 1.0 and ob.mean_span_length >= 1.0):
     raise ConfigError(f"config.objective.noise_density = {ob.noise_density} must be in (0, 1) and "
                       f"config.objective.mean_span_length = {ob.mean_span_length} >= 1.")
-  if ob.name == "span_corruption":
-    from lmlab.data import transforms  # the T5 length arithmetic lives with the transform
-    tokens_length, _ = transforms.span_corruption_lengths(d.seq_len, ob.noise_density, ob.mean_span_length)
-    spans = transforms.max_noise_spans(tokens_length, ob.noise_density, ob.mean_span_length)
-    if spans > cfg.tokenizer.num_sentinels:
-      raise ConfigError(f"Span corruption of {tokens_length}-token rows makes up to {spans} noise spans but "
-                        f"config.tokenizer.num_sentinels = {cfg.tokenizer.num_sentinels}; raise it to {spans} "
-                        "or raise config.objective.mean_span_length.")
+  objective.check(cfg)
   if m.family == "ngram" and not (1 <= m.ngram_order and cfg.tokenizer.vocab_size ** m.ngram_order < 2**63):
     raise ConfigError(f"config.model.ngram_order = {m.ngram_order} must be >= 1 and keep "
                       f"config.tokenizer.vocab_size ** order < 2**63 (int64 n-gram keys); lower it.")

@@ -1,9 +1,7 @@
-"""Packing tokenized documents into fixed-length rows, and the train/eval batch streams over those rows.
+"""The train and eval batch streams over a split's rows (packed rows, see packing.py, or an objective's
+own rows), with the objective's seeded transform applied per batch.
 
-A packed set is a dict of int32 [R, L] numpy arrays (R rows of L = seq_len tokens):
-  tokens       token ids; 0 (PAD_ID) in padding.
-  segment_ids  1, 2, ... numbering the documents within a row; 0 marks padding (loss weight 0).
-  positions    0, 1, ... within each segment; 0 in padding.
+Shape suffixes: B batch rows (this process's share).
 """
 
 from typing import Callable, Iterator
@@ -11,41 +9,8 @@ from typing import Callable, Iterator
 import numpy as np
 import tensorflow as tf
 
-KEYS = ("tokens", "segment_ids", "positions")
-
-
-def pack_documents(docs: list[np.ndarray], seq_len: int) -> dict:
-  """Concatenates the documents in order and cuts the stream into rows of seq_len; only the last row is
-  padded. A document running past a row's end continues as a new segment (positions from 0) in the next."""
-  lengths_D = np.array([len(d) for d in docs], np.int64)
-  stream_N = np.concatenate(docs).astype(np.int32) if docs else np.zeros(0, np.int32)
-  n = stream_N.size
-  num_rows = -(-n // seq_len)
-  k_N = np.arange(n)
-  # A segment starts at each (non-empty) document start and at each row start.
-  starts_D = np.cumsum(lengths_D) - lengths_D
-  new_segment_N = np.zeros(n, bool)
-  new_segment_N[starts_D[lengths_D > 0]] = True
-  new_segment_N[::seq_len] = True
-  # Number segments globally, then rebase per row so each row's first segment is 1.
-  global_segment_N = np.cumsum(new_segment_N)
-  segment_ids_N = global_segment_N - np.repeat(global_segment_N[::seq_len], seq_len)[:n] + 1
-  segment_start_N = np.maximum.accumulate(np.where(new_segment_N, k_N, 0))
-  positions_N = k_N - segment_start_N
-
-  def rows(values_N):
-    out = np.zeros(num_rows * seq_len, np.int32)
-    out[:n] = values_N
-    return out.reshape(num_rows, seq_len)
-
-  return {"tokens": rows(stream_N), "segment_ids": rows(segment_ids_N), "positions": rows(positions_N)}
-
-
-Transform = Callable[[dict, np.random.Generator], dict]
-
-
 def train_dataset(rows: dict, batch_size: int, seed: int, start_step: int = 0, process_index: int = 0,
-                  prefetch: int = 2, transform: Transform | None = None, spec: dict | None = None
+                  prefetch: int = 2, transform: Callable[[dict, np.random.Generator], dict] | None = None, spec: dict | None = None
                   ) -> tf.data.Dataset:
   """Endless batches of `batch_size` rows (this process's share of the global batch), reshuffled every
   epoch. Batch `step` is a pure function of (seed, step, process_index): resuming at start_step yields
@@ -109,7 +74,7 @@ def _num_rows(rows: dict) -> int:
 
 
 def eval_batches(rows: dict, batch_size: int, num_batches: int | None = None,
-                 transform: Transform | None = None, seed: int = 0) -> Iterator[dict]:
+                 transform: Callable[[dict, np.random.Generator], dict] | None = None, seed: int = 0) -> Iterator[dict]:
   """The rows in order, once, as numpy batches; the last batch is filled with all-zero rows (padding:
   weight 0). With num_batches, exactly that many batches: truncated, or extended with all-padding
   batches (multi-process eval needs every process to run the same number of steps). The transform's

@@ -9,10 +9,11 @@ import hashlib
 import os
 import re
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from lmlab.data import bbc_news
+from lmlab.data import bbc_news, tokenizer
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
 
@@ -35,6 +36,12 @@ def load_documents(data_cfg, split: str, process_index: int = 0, process_count: 
   return docs
 
 
+def encoded_documents(data_cfg, sp, split: str, process_index: int = 0, process_count: int = 1
+                      ) -> list[np.ndarray]:
+  """This process's share of `split`, tokenized in one batch call ([BOS] ids [EOS] per document)."""
+  return tokenizer.encode_documents(sp, load_documents(data_cfg, split, process_index, process_count))
+
+
 def _split_key(data_cfg, split: str) -> str:
   """The config key a split name came from, for error messages."""
   if split == data_cfg.train_split:
@@ -44,18 +51,7 @@ def _split_key(data_cfg, split: str) -> str:
   return "the split"
 
 
-def _decode(raw: bytes) -> str:
-  """UTF-8 with a latin-1 fallback (latin-1 never fails), newlines normalized to '\n'."""
-  try:
-    text = raw.decode("utf-8")
-  except UnicodeDecodeError:
-    text = raw.decode("latin-1")
-  return text.replace("\r\n", "\n").replace("\r", "\n")
-
-
-
-
-def _tfds_builder(data_cfg) -> tfds.core.DatasetBuilder:
+def tfds_builder(data_cfg) -> tfds.core.DatasetBuilder:
   """The builder, prepared; raises one clear ValueError instead of downloading without permission."""
   name, data_dir = data_cfg.tfds_name, data_cfg.tfds_data_dir
   try:
@@ -92,7 +88,7 @@ def _check_split(builder, data_cfg, split: str) -> None:
 
 
 def _tfds_documents(data_cfg, split, process_index, process_count) -> list[str]:
-  builder = _tfds_builder(data_cfg)
+  builder = tfds_builder(data_cfg)
   _check_split(builder, data_cfg, split)
   key, features = data_cfg.text_key, builder.info.features
   if key not in features or features[key].tf_dtype != tf.string or features[key].shape != ():
@@ -104,9 +100,7 @@ def _tfds_documents(data_cfg, split, process_index, process_count) -> list[str]:
   ds = builder.as_dataset(split=shard, shuffle_files=False,
                           decoders=tfds.decode.PartialDecoding({key: True}))
   ds = ds.map(lambda ex: ex[key]).batch(1024)
-  return [_decode(raw) for batch in tfds.as_numpy(ds) for raw in batch]
-
-
+  return [bbc_news.decode_text(raw) for batch in tfds.as_numpy(ds) for raw in batch]
 
 
 def _glob_root(pattern: str) -> str:
@@ -155,7 +149,7 @@ def _text_file_documents(data_cfg, split, process_index, process_count) -> list[
   for path in paths:
     name = os.path.relpath(path, root).replace(os.sep, "/")
     with open(path, "rb") as f:
-      units = _units(_decode(f.read()), data_cfg.text_unit)
+      units = _units(bbc_news.decode_text(f.read()), data_cfg.text_unit)
     docs.extend(doc for i, doc in enumerate(units)
                 if _is_eval(f"{name}:{i}", data_cfg.text_eval_percent) == want_eval)
   return docs[process_index::process_count]

@@ -3,7 +3,7 @@
 import io
 import os
 import tempfile
-from typing import Callable, Iterable, Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 import sentencepiece as spm
@@ -31,33 +31,37 @@ def num_special_ids(num_sentinels: int) -> int:
 MAX_PIECE_BYTES = 4000
 
 
-def load_or_train(path: str, texts: Callable[[], Iterable[str]], tok_cfg) -> spm.SentencePieceProcessor:
-  """Loads the model at `path`, or trains one on `texts()` (documents) and saves it there first."""
-  if os.path.exists(path):
-    sp = spm.SentencePieceProcessor(model_file=path)
-    expected = list(RESERVED_PIECES) + sentinel_pieces(tok_cfg.num_sentinels)
-    # One piece past the expected ones too: a tokenizer with more sentinels must not pass either.
-    found = [sp.id_to_piece(i) for i in range(CLS_ID, min(CLS_ID + len(expected) + 1, sp.get_piece_size()))]
-    if found[:len(expected)] != expected or sentinel_pieces(tok_cfg.num_sentinels + 1)[-1] in found:
-      raise ValueError(
-          f"The tokenizer {path} does not reserve [CLS] [SEP] [MASK] and config.tokenizer.num_sentinels = "
-          f"{tok_cfg.num_sentinels} sentinels at ids {CLS_ID}..: it was trained by another lmlab version or "
-          "config; use a new workdir.")
-    if sp.get_piece_size() != tok_cfg.vocab_size:
-      raise ValueError(
-          f"The tokenizer {path} has {sp.get_piece_size()} pieces but config.tokenizer.vocab_size = "
-          f"{tok_cfg.vocab_size}: this work directory was trained with another vocabulary; use a new workdir.")
-    return sp
-  model = _train(texts(), tok_cfg)
-  sp = spm.SentencePieceProcessor(model_proto=model)
+def load(path: str, tok_cfg) -> spm.SentencePieceProcessor:
+  """The tokenizer saved at `path`; raises ValueError if it does not match tok_cfg (reserved pieces,
+  sentinels, vocabulary size)."""
+  if not os.path.exists(path):
+    raise ValueError(f"{path} does not exist: no tokenizer has been trained there yet.")
+  sp = spm.SentencePieceProcessor(model_file=path)
+  expected = list(RESERVED_PIECES) + sentinel_pieces(tok_cfg.num_sentinels)
+  # One piece past the expected ones too: a tokenizer with more sentinels must not pass either.
+  found = [sp.id_to_piece(i) for i in range(CLS_ID, min(CLS_ID + len(expected) + 1, sp.get_piece_size()))]
+  if found[:len(expected)] != expected or sentinel_pieces(tok_cfg.num_sentinels + 1)[-1] in found:
+    raise ValueError(
+        f"The tokenizer {path} does not reserve [CLS] [SEP] [MASK] and config.tokenizer.num_sentinels = "
+        f"{tok_cfg.num_sentinels} sentinels at ids {CLS_ID}..: it was trained by another lmlab version or "
+        "config; use a new workdir.")
   if sp.get_piece_size() != tok_cfg.vocab_size:
+    raise ValueError(
+        f"The tokenizer {path} has {sp.get_piece_size()} pieces but config.tokenizer.vocab_size = "
+        f"{tok_cfg.vocab_size}: this work directory was trained with another vocabulary; use a new workdir.")
+  return sp
+
+
+def train(path: str, docs: Iterable[str], tok_cfg) -> None:
+  """Trains a tokenizer on the documents and saves it at `path` (atomically)."""
+  model = _train(docs, tok_cfg)
+  pieces = spm.SentencePieceProcessor(model_proto=model).get_piece_size()
+  if pieces != tok_cfg.vocab_size:
     # Only the char model gets here: its vocabulary is the corpus's characters, whatever vocab_size says.
     raise ValueError(
-        f"config.tokenizer.model_type = {tok_cfg.model_type!r} gives {sp.get_piece_size()} pieces on this "
-        f"corpus, not config.tokenizer.vocab_size = {tok_cfg.vocab_size}; set "
-        f"--config.tokenizer.vocab_size={sp.get_piece_size()}.")
+        f"config.tokenizer.model_type = {tok_cfg.model_type!r} gives {pieces} pieces on this corpus, not "
+        f"config.tokenizer.vocab_size = {tok_cfg.vocab_size}; set --config.tokenizer.vocab_size={pieces}.")
   _write_atomically(path, model)
-  return sp
 
 
 def training_lines(docs: Iterable[str]) -> Iterator[str]:

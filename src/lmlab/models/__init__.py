@@ -7,9 +7,12 @@ decoder_inputs / decoder_* keys. All return a dict with float32 `logits` [B, L, 
 `logits` are class logits [B, C]. The ngram family has no Flax module (see models/ngram.py).
 """
 
+import flax
 import flax.linen as nn
 import jax.numpy as jnp
 
+from lmlab import objectives
+from lmlab.errors import ConfigError
 from lmlab.models import encdec, heads, recurrent, transformer
 
 ENCDEC_INPUTS = ("encoder_tokens", "decoder_inputs", "encoder_segment_ids", "decoder_segment_ids",
@@ -18,21 +21,22 @@ ENCDEC_INPUTS = ("encoder_tokens", "decoder_inputs", "encoder_segment_ids", "dec
 
 def build(cfg, vocab_size: int, num_classes: int = 0, pooling: str = "last", freeze_body: bool = False
           ) -> nn.Module:
-  """The Flax module of cfg.model.family, shaped for cfg.objective; num_classes > 0: that module as the
-  body of a classifier with the given pooling (see models/heads.py)."""
+  """The Flax module of cfg.model.family with the options cfg.objective needs (its model_options, see
+  objectives/base.py); num_classes > 0: that module as the body of a classifier with the given pooling
+  (see models/heads.py)."""
   if num_classes:
     return heads.Classifier(build(cfg, vocab_size), num_classes, pooling, freeze_body, cfg.model.dropout_rate)
-  family, objective = cfg.model.family, cfg.objective.name
+  family, options = cfg.model.family, objectives.get(cfg.objective.name).model_options
   if family == "rnn":
     return recurrent.RecurrentLM(recurrent.RecurrentConfig.from_config(
-        cfg.model, vocab_size, bidirectional=objective == "mlm"))
+        cfg.model, vocab_size, bidirectional=options.get("bidirectional", False)))
   if family == "encoder_decoder":
     return encdec.EncoderDecoder(transformer.TransformerConfig.from_config(cfg.model, vocab_size, cfg.data.seq_len))
   if family in ("decoder", "encoder"):
     encoder = family == "encoder"
     return transformer.Transformer(transformer.TransformerConfig.from_config(
         cfg.model, vocab_size, cfg.data.seq_len, causal=not encoder, num_token_types=2 if encoder else 0,
-        mlm_head=encoder, nsp_head=objective == "mlm_nsp"))
+        mlm_head=encoder, nsp_head=options.get("nsp_head", False)))
   raise ValueError(f"config.model.family = {family!r} has no neural model to build.")
 
 
@@ -57,3 +61,21 @@ def apply(model: nn.Module, variables, batch: dict, **kwargs) -> dict:
   if isinstance(out, tuple):
     return {"logits": out[0], "nsp_logits": out[1]}
   return {"logits": out}
+
+
+def transfer(params: dict, pretrained: dict, source: str = "the pretrained checkpoint"
+             ) -> tuple[dict, int, list[str]]:
+  """`params` (a task model's) with its body taken from `pretrained` (the pretraining model's params):
+  a classifier's `body` subtree, or the whole tree for a model without a head (generation). Returns
+  (params, tensors restored, pretrained tensors the task does not use, e.g. the LM output layers);
+  ConfigError if a body tensor is missing or has another shape (the architectures differ)."""
+  classifier = "body" in params
+  target = flax.traverse_util.flatten_dict(params["body"] if classifier else params)
+  source_flat = flax.traverse_util.flatten_dict(pretrained)
+  for key, value in target.items():
+    if key not in source_flat or source_flat[key].shape != value.shape:
+      raise ConfigError(f"The task model's parameter {'/'.join(key)} {value.shape} is not in {source} with "
+                        "that shape; the architectures differ.")
+  body = flax.traverse_util.unflatten_dict({key: source_flat[key] for key in target})
+  dropped = sorted("/".join(k) for k in source_flat if k not in target)
+  return (dict(params, body=body) if classifier else body), len(target), dropped

@@ -27,7 +27,7 @@ import dataclasses
 
 import numpy as np
 
-from lmlab import objectives
+from lmlab.objectives.causal import next_token_targets
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,10 +142,10 @@ class KneserNey:
     return np.exp(self.log_prob(contexts_VC, np.arange(self.vocab_size)))
 
   def evaluate_packed(self, packed: dict) -> dict:
-    """Mean NLL (nats) and perplexity over exactly the targets causal_lm_targets weights, each given only
+    """Mean NLL (nats) and perplexity over exactly the targets next_token_targets weights, each given only
     the previous (at most N-1) tokens of its own segment: comparable with the neural models' eval loss."""
     tokens_RL, segment_ids_RL = np.asarray(packed["tokens"]), np.asarray(packed["segment_ids"])
-    _, weights_RL = objectives.causal_lm_targets(tokens_RL, segment_ids_RL)
+    _, weights_RL = next_token_targets(tokens_RL, segment_ids_RL)
     r_T, t_T = np.nonzero(np.asarray(weights_RL))
     if r_T.size == 0:
       raise ValueError("evaluate_packed: the packed set has no scored positions (no segment of >= 2 tokens).")

@@ -1,14 +1,24 @@
-"""The honest non-neural baseline for text classification: TF-IDF word uni+bigrams and a linear SVM, with C
-chosen on the validation set. A fine-tuned language model has to beat this to be worth its cost.
+"""The honest non-neural baselines, run in the fine-tuning harness (same task, split, label fraction and
+seed; same metrics.json): for classification TF-IDF word uni+bigrams and a linear SVM with C chosen on the
+validation set, for generation the lead (the first words of the source). A fine-tuned language model has
+to beat these to be worth its cost.
 """
 
+import json
+import os
+import pickle
 from typing import Sequence
 
+import jax
 import numpy as np
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.metrics import accuracy_score
 from sklearn.pipeline import Pipeline
 from sklearn.svm import LinearSVC
+
+from lmlab.tasks import metrics
+
+MODEL_FILE = "baseline.pkl"
 
 C_GRID = (0.1, 1.0, 10.0)
 
@@ -66,3 +76,40 @@ def lead_words(targets: Sequence[str]) -> int:
 def lead(sources: Sequence[str], num_words: int) -> list[str]:
   """The classic summarization baseline: the first num_words words of each source."""
   return [" ".join(source.split()[:num_words]) for source in sources]
+
+
+def fit_and_evaluate(cfg, task, run_dir: str, log) -> tuple[dict, list | None]:
+  """Fits config.finetune.baseline on the task's training split; returns ({baseline, validation, test}
+  for metrics.json, the test outputs of a generation baseline or None) and saves what predict needs."""
+  if cfg.finetune.baseline == "lead":
+    words = lead_words(task.train.targets)
+    log.print(f"Lead baseline: the first {words} words of each source (the median training target length)")
+    out = {"baseline": {"method": "lead", "words": words}}
+    for name, split in (("validation", task.validation), ("test", task.test)):
+      outputs = lead(split.texts, words)
+      out[name] = metrics.generation_report(outputs, split.targets)
+    return out, outputs
+  pipeline, info = fit_tfidf_svm(task.train.texts, task.train.labels, task.validation.texts,
+                                 task.validation.labels, cfg.seed)
+  log.print(f"TF-IDF + linear SVM: C = {info['C']} (validation accuracy by C: {info['validation_accuracy_by_C']})")
+  out = {"baseline": dict(info, method="tfidf_svm")}
+  for name, split in (("validation", task.validation), ("test", task.test)):
+    scores = class_scores(pipeline, split.texts, len(task.label_names))
+    out[name] = metrics.classification_report(split.labels, scores.argmax(-1), task.label_names)
+  if jax.process_index() == 0:
+    with open(os.path.join(run_dir, MODEL_FILE), "wb") as f:
+      pickle.dump(pipeline, f)
+  return out, None
+
+
+def predict(cfg, run_dir: str, texts: list[str], label_names: tuple[str, ...]) -> list[dict]:
+  """A finished baseline run's output per text: {"output"} (lead) or {"label", "scores"} (SVM)."""
+  if cfg.finetune.baseline == "lead":
+    with open(os.path.join(run_dir, "metrics.json")) as f:
+      words = json.load(f)["baseline"]["words"]
+    return [{"output": text} for text in lead(texts, words)]
+  with open(os.path.join(run_dir, MODEL_FILE), "rb") as f:
+    pipeline = pickle.load(f)
+  scores = class_scores(pipeline, texts, len(label_names))
+  return [{"label": label_names[int(s.argmax())], "scores": dict(zip(label_names, map(float, s)))}
+          for s in scores]

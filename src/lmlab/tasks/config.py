@@ -12,11 +12,13 @@ import os
 import ml_collections
 
 from lmlab import config as config_lib
-from lmlab.config import ConfigError
+from lmlab import objectives
+from lmlab.errors import ConfigError
+from lmlab.models import heads
 from lmlab.tasks import data
 
 TASKS = data.KINDS  # task name -> "classification" | "generation"
-POOLINGS = ("auto", "first", "last", "mean")
+POOLINGS = ("auto",) + heads.POOLINGS
 METRICS = {"classification": ("auto", "accuracy", "macro_f1", "loss"),
            "generation": ("auto", "rougeL", "rouge1", "rouge2", "bleu", "loss")}
 BASELINES = {"tfidf_svm": "classification", "lead": "generation"}  # baseline -> the task kind it serves
@@ -64,7 +66,7 @@ def default_config() -> ml_collections.ConfigDict:
   # config.train.num_steps updates.
   f.epochs = 3.0
   f.min_steps = 50
-  # Linear warmup over this fraction of the updates (sets config.optim.warmup_steps).
+  # Linear warmup over this fraction of the updates (config.optim.warmup_steps is not used).
   f.warmup_fraction = 0.1
   # Stop after this many evaluations (every config.train.eval_every steps) without a better validation
   # metric (0: never stop early; the best checkpoint is still the one evaluated). Slow starters (LSTMs,
@@ -82,7 +84,7 @@ def default_config() -> ml_collections.ConfigDict:
   f.baseline = ""
 
   c.train.eval_every = 25
-  c.optim.warmup_steps = 0  # set from finetune.warmup_fraction once the number of steps is known
+  c.optim.warmup_steps = 0  # unused: the warmup is finetune.warmup_fraction of the derived steps
   c.optim.lr = 1e-3
   c.optim.weight_decay = 0.01
   c.sample.temperature = 0.0  # generation is evaluated greedily
@@ -107,9 +109,14 @@ def pooling(cfg) -> str:
   family = cfg.model.family
   if family == "encoder":
     return "first"
-  if family == "encoder_decoder" or (family == "rnn" and cfg.objective.name == "mlm"):
+  if family == "encoder_decoder" or (family == "rnn" and _bidirectional(cfg)):
     return "mean"
   return "last"
+
+
+def _bidirectional(cfg) -> bool:
+  """Whether the model reads its whole input (an RNN trained with a masked-LM objective)."""
+  return objectives.get(cfg.objective.name).model_options.get("bidirectional", False)
 
 
 def split_init_from(init_from: str) -> tuple[str, int | None]:
@@ -133,8 +140,8 @@ def pretrained_config(init_from: str) -> ml_collections.ConfigDict:
 
 
 def resolve(cfg) -> ml_collections.ConfigDict:
-  """A copy of cfg with the pretrained run's architecture (when init_from is set) and the derived step
-  counts left to the loop; raises ConfigError for a pretraining run the task cannot start from."""
+  """A copy of cfg with the pretrained run's architecture (when init_from is set); raises ConfigError
+  for a pretraining run the task cannot start from."""
   cfg = ml_collections.ConfigDict(cfg.to_dict())
   if cfg.get("task") is None or cfg.get("finetune") is None:
     raise ConfigError("This is not a fine-tuning config: start from lmlab.tasks.config.default_config() "
@@ -201,7 +208,7 @@ def validate(cfg, num_devices: int | None = None, process_count: int = 1) -> Non
     raise ConfigError("config.model.family = 'ngram' has no parameters to fine-tune; use "
                       "config.finetune.baseline (tfidf_svm or lead) for a non-neural baseline.")
   if task_kind == "generation":
-    causal = m.family == "decoder" or (m.family == "rnn" and cfg.objective.name == "causal_lm")
+    causal = m.family == "decoder" or (m.family == "rnn" and not _bidirectional(cfg))
     if not (causal or m.family == "encoder_decoder"):
       raise ConfigError(f"config.task.name = {t.name!r} generates text: it needs a decoder, causal rnn or "
                         f"encoder_decoder model, not {m.family} trained with {cfg.objective.name}.")

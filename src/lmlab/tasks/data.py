@@ -116,7 +116,7 @@ def _take(split: Split, indices: np.ndarray) -> Split:
 
 
 def _bbc_splits(data_cfg, name: str) -> tuple[tuple[str, ...], dict[str, Split]]:
-  builder = sources._tfds_builder(data_cfg)  # pylint: disable=protected-access
+  builder = sources.tfds_builder(data_cfg)
   features = builder.info.features
   second = "label" if name == "bbc_topic" else "title"
   is_text = lambda k: k in features and features[k].tf_dtype == tf.string and features[k].shape == ()

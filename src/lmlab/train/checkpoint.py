@@ -15,9 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-
-class CheckpointError(RuntimeError):
-  """A checkpoint that cannot be restored; the message says which and what to do."""
+from lmlab.errors import CheckpointError
 
 
 @jax.jit
@@ -99,3 +97,19 @@ def restore(manager: ocp.CheckpointManager, abstract_state, step: int | None = N
         f"({found} != {record['fingerprint']}). Move that step directory away to resume from an earlier "
         "checkpoint.")
   return state, record
+
+
+def restore_params(run_dir: str, abstract_state, step: int | None = None, keep: int = 1):
+  """(params, step) of a run's checkpoint `step` (None: its latest), for starting another run from it
+  (fine-tuning); `abstract_state` is the train state that run saved (its Trainer's abstract_state)."""
+  manager = make_manager(run_dir, keep)
+  try:
+    steps = manager.all_steps()
+    if not steps or (step is not None and step not in steps):
+      raise CheckpointError(
+          f"{run_dir} has no checkpoint{'' if step is None else f' at step {step}'} (saved steps: "
+          f"{sorted(steps) or 'none'}). Pretrain first, or name a saved step.")
+    state, record = restore(manager, abstract_state, step)
+  finally:
+    manager.close()
+  return state.params, record["step"]

@@ -11,12 +11,14 @@ _LAYER_KEY = re.compile(r"^(?:block|layer)_(\d+)$")
 _EMBEDDING_KEYS = ("embed", "pos_embed", "token_type_embed")
 
 
-def learning_rate_schedule(optim_cfg, num_steps: int) -> optax.Schedule:
+def learning_rate_schedule(optim_cfg, num_steps: int, warmup_steps: int | None = None) -> optax.Schedule:
+  """Linear warmup over warmup_steps (default optim_cfg.warmup_steps), then cosine decay to num_steps."""
+  warmup_steps = optim_cfg.warmup_steps if warmup_steps is None else warmup_steps
   return optax.warmup_cosine_decay_schedule(
       init_value=0.0,
       peak_value=optim_cfg.lr,
-      warmup_steps=optim_cfg.warmup_steps,
-      decay_steps=max(num_steps, optim_cfg.warmup_steps + 1),
+      warmup_steps=warmup_steps,
+      decay_steps=max(num_steps, warmup_steps + 1),
       end_value=optim_cfg.lr * optim_cfg.final_lr_fraction)
 
 
@@ -79,10 +81,11 @@ def scale_by_tree(scales) -> optax.GradientTransformation:
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 
 
-def make_optimizer(optim_cfg, num_steps: int, boxed_params, lr_scales=None) -> optax.GradientTransformation:
-  """lr_scales: optional per-parameter multipliers of the learning rate (see layer_lr_scales); they
-  scale the whole AdamW update, decoupled weight decay included, so a 0 freezes a parameter."""
-  schedule = learning_rate_schedule(optim_cfg, num_steps)
+def make_optimizer(optim_cfg, schedule: optax.Schedule, boxed_params, lr_scales=None
+                   ) -> optax.GradientTransformation:
+  """AdamW at the learning rate `schedule` (see learning_rate_schedule). lr_scales: optional
+  per-parameter multipliers of the learning rate (see layer_lr_scales); they scale the whole AdamW
+  update, decoupled weight decay included, so a 0 freezes a parameter."""
   parts = []
   if optim_cfg.grad_clip > 0:
     parts.append(optax.clip_by_global_norm(optim_cfg.grad_clip))

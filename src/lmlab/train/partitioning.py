@@ -35,6 +35,11 @@ def make_mesh(shape: tuple[int, int, int], devices=None) -> Mesh:
   return Mesh(np.asarray(devices).reshape(shape), AXES)
 
 
+def data_parallel_mesh() -> Mesh:
+  """Every device on the data axis: sampling and prediction need no model parallelism."""
+  return make_mesh((jax.device_count(), 1, 1))
+
+
 def state_shardings(abstract_state, mesh: Mesh):
   """NamedShardings for a (possibly abstract) train state whose leaves carry logical-axis metadata."""
   specs = nn.get_partition_spec(abstract_state)

@@ -12,7 +12,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lmlab import models, objectives
+from lmlab import models
+from lmlab.objectives import losses
 
 
 @flax.struct.dataclass
@@ -22,25 +23,26 @@ class TrainState:
   opt_state: Any
 
 
-def _loss_and_sums(params, batch, norms, *, model, rng, nsp_weight):
+def _loss_and_sums(params, batch, norms, *, model, rng, terms):
   deterministic = rng is None
   outputs = models.apply(model, {"params": params}, batch, deterministic=deterministic,
                          rngs=None if deterministic else {"dropout": rng})
-  sums = objectives.loss_sums(outputs, batch)
-  return objectives.total_loss(sums, norms, nsp_weight), sums
+  sums = losses.loss_sums(outputs, batch, terms)
+  return losses.total_loss(sums, norms, terms), sums
 
 
 def train_step(state: TrainState, batch, *, model, tx, schedule, seed: int, grad_accum_steps: int,
-               use_dropout: bool, nsp_weight: float = 1.0):
+               use_dropout: bool, terms: tuple[losses.LossTerm, ...]):
   """One optimizer update on a global batch, accumulating gradients over micro-batches.
 
   Each micro-batch's loss is normalized by the whole batch's weights (known from the data before any
   compute), so the summed gradient is that of the batch's mean loss, whatever the split into
   micro-batches. Dropout keys are a function of (seed, step), so a resumed run repeats them exactly.
+  `terms` are the objective's loss terms (objectives/base.py), with their scales.
   """
   rng = jax.random.fold_in(jax.random.PRNGKey(seed), state.step) if use_dropout else None
-  norms = objectives.normalizers(batch)
-  grad_fn = jax.grad(functools.partial(_loss_and_sums, model=model, nsp_weight=nsp_weight), has_aux=True)
+  norms = losses.normalizers(batch, terms)
+  grad_fn = jax.grad(functools.partial(_loss_and_sums, model=model, terms=terms), has_aux=True)
 
   def micro_step(carry, xs):
     grads_acc, sums_acc = carry
@@ -57,16 +59,16 @@ def train_step(state: TrainState, batch, *, model, tx, schedule, seed: int, grad
     micro_batches = jax.tree_util.tree_map(
         lambda x: x.reshape(grad_accum_steps, x.shape[0] // grad_accum_steps, *x.shape[1:]), batch)
     zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
-    zero_sums = {k: jnp.zeros((), jnp.float32) for k in objectives.sum_keys(batch)}
+    zero_sums = {k: jnp.zeros((), jnp.float32) for k in losses.sum_keys(terms)}
     (grads, sums), _ = jax.lax.scan(micro_step, (zeros, zero_sums),
                                     (micro_batches, jnp.arange(grad_accum_steps)))
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics = dict(objectives.metrics(sums), grad_norm=optax.tree.norm(grads), lr=schedule(state.step))
+  metrics = dict(losses.metrics(sums, terms), grad_norm=optax.tree.norm(grads), lr=schedule(state.step))
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
-def eval_step(params, batch, *, model):
-  """Loss sums (token loss, weight, correct predictions; next-sentence terms) over the real targets."""
+def eval_step(params, batch, *, model, terms: tuple[losses.LossTerm, ...]):
+  """Loss sums of every term (loss, weight, correct predictions) over the real targets."""
   outputs = models.apply(model, {"params": params}, batch, deterministic=True)
-  return objectives.loss_sums(outputs, batch)
+  return losses.loss_sums(outputs, batch, terms)

@@ -1,6 +1,7 @@
 """Binds model, optimizer and mesh into jitted, sharded train/eval steps and creates the train state."""
 
 import functools
+import json
 
 import flax.linen as nn
 import jax
@@ -8,25 +9,41 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import PartitionSpec as P
 
-from lmlab import models
+from lmlab import models, objectives
 from lmlab.models import recurrent, transformer
+from lmlab.objectives.base import TOKENS, LossTerm
 from lmlab.train import optimizer, partitioning, step
+
+# Config fields that never change the compiled steps: trainers that differ only in these are shared.
+_NOT_COMPILED = ("workdir", "name", "sample", "mesh", "init_from", "task", "finetune", "tokenizer", "data.source",
+                 "data.tfds_name", "data.tfds_data_dir", "data.text_key", "data.tfds_download",
+                 "data.tfds_manual_dir", "data.train_split", "data.eval_split", "data.text_glob",
+                 "data.text_unit", "data.text_eval_percent", "data.prefetch", "train.log_every",
+                 "train.eval_every", "train.eval_batches", "train.checkpoint_every", "train.keep_checkpoints")
 
 
 class Trainer:
   """Holds the static pieces of training; its attributes are the jitted steps.
 
   Parameters and optimizer state are sharded by the logical-axis rules, batches over data x fsdp; jit's
-  in/out shardings carry the mesh (no global mesh context), and the train state is donated.
+  in/out shardings carry the mesh (no global mesh context), and the train state is donated. Use
+  `get_trainer`, which shares one Trainer (and so its compiled steps) between equal requests.
   """
 
-  def __init__(self, cfg, vocab_size: int, mesh, model=None, layer_decay: float = 1.0,
-               freeze_body: bool = False):
-    """model: default models.build(cfg, vocab_size); fine-tuning passes its task model, and the
-    layer-wise learning-rate decay / body freezing of optimizer.layer_lr_scales."""
-    self.cfg, self.mesh = cfg, mesh
-    self.model = models.build(cfg, vocab_size) if model is None else model
-    self.schedule = optimizer.learning_rate_schedule(cfg.optim, cfg.train.num_steps)
+  def __init__(self, cfg, vocab_size: int, mesh, *, num_classes: int = 0, pooling: str = "last",
+               freeze_body: bool = False, layer_decay: float = 1.0, num_steps: int | None = None,
+               warmup_steps: int | None = None, loss_terms: tuple[LossTerm, ...] | None = None):
+    """num_classes > 0: the family's model as the body of a classifier (models.build); layer_decay and
+    freeze_body: per-layer learning rates (optimizer.layer_lr_scales); num_steps / warmup_steps: the
+    schedule's length (default cfg.train.num_steps, cfg.optim.warmup_steps); loss_terms: default the
+    objective's, the task's targets alone (TOKENS) for a classifier."""
+    self.mesh, self.seq_len = mesh, cfg.data.seq_len
+    self.model = models.build(cfg, vocab_size, num_classes, pooling, freeze_body)
+    num_steps = cfg.train.num_steps if num_steps is None else num_steps
+    warmup_steps = cfg.optim.warmup_steps if warmup_steps is None else warmup_steps
+    if loss_terms is None:
+      loss_terms = (TOKENS,) if num_classes else objectives.get(cfg.objective.name).loss_terms(cfg)
+    self.schedule = optimizer.learning_rate_schedule(cfg.optim, num_steps, warmup_steps)
     rows = cfg.data.batch_size // cfg.optim.grad_accum_steps
     self._dummy_inputs = models.dummy_inputs(self.model, rows, cfg.data.seq_len)
 
@@ -35,7 +52,7 @@ class Trainer:
     scales = None
     if layer_decay != 1.0 or freeze_body:
       scales = optimizer.layer_lr_scales(boxed_params, cfg.model.num_layers, layer_decay, freeze_body)
-    self.tx = optimizer.make_optimizer(cfg.optim, cfg.train.num_steps, boxed_params, scales)
+    self.tx = optimizer.make_optimizer(cfg.optim, self.schedule, boxed_params, scales)
     param_specs = nn.get_partition_spec(boxed_params)
     abstract_params = nn.unbox(boxed_params)
     opt_specs = optax.tree_map_params(
@@ -52,13 +69,18 @@ class Trainer:
     self.init_state = jax.jit(self._init_state, out_shardings=self.state_sharding)
     train_fn = functools.partial(
         step.train_step, model=self.model, tx=self.tx, schedule=self.schedule, seed=cfg.seed,
-        grad_accum_steps=cfg.optim.grad_accum_steps, use_dropout=cfg.model.dropout_rate > 0,
-        nsp_weight=cfg.objective.nsp_weight)
+        grad_accum_steps=cfg.optim.grad_accum_steps, use_dropout=cfg.model.dropout_rate > 0, terms=loss_terms)
     self.train_step = jax.jit(train_fn, in_shardings=(self.state_sharding, batch_sharding),
                               out_shardings=(self.state_sharding, replicated), donate_argnums=0)
-    self.eval_step = jax.jit(functools.partial(step.eval_step, model=self.model),
+    self.eval_step = jax.jit(functools.partial(step.eval_step, model=self.model, terms=loss_terms),
                              in_shardings=(self.state_sharding.params, batch_sharding),
                              out_shardings=replicated)
+    # The model's outputs (logits, ...) on a batch: classification and decoding read them directly.
+    self.outputs = jax.jit(lambda params, batch: models.apply(self.model, {"params": params}, batch),
+                           in_shardings=(self.state_sharding.params, batch_sharding), out_shardings=replicated)
+    self.fresh_state = jax.jit(
+        lambda params: step.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=self.tx.init(params)),
+        out_shardings=self.state_sharding)
 
   def _init_params(self, rng):
     return self.model.init(rng, *self._dummy_inputs)["params"]
@@ -75,4 +97,32 @@ class Trainer:
     model = getattr(self.model, "body", self.model)  # a classifier's cost is its body's (the head is tiny)
     if isinstance(model, recurrent.RecurrentLM):
       return recurrent.flops_per_token(model.config, params)
-    return transformer.flops_per_token(model.config, self.cfg.data.seq_len, params)
+    return transformer.flops_per_token(model.config, self.seq_len, params)
+
+
+def _compiled_fields(cfg) -> str:
+  """cfg as JSON without the fields in _NOT_COMPILED: the part of a config a Trainer depends on."""
+  tree = cfg.to_dict()
+  for dotted in _NOT_COMPILED:
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for key in parents:
+      node = node.get(key, {})
+    node.pop(leaf, None)
+  return json.dumps(tree, sort_keys=True, default=str)
+
+
+_TRAINERS: dict = {}
+_MAX_TRAINERS = 16
+
+
+def get_trainer(cfg, vocab_size: int, mesh, **options) -> Trainer:
+  """A Trainer for (cfg, vocab_size, mesh, options), shared with every earlier equal request in this
+  process, so repeated runs (tests, sampling after training, fine-tuning's pretrained-weight loading)
+  compile once. JAX caches compiled steps per jitted function: a new Trainer would compile again."""
+  key = (_compiled_fields(cfg), vocab_size, mesh, tuple(sorted(options.items())))
+  if key not in _TRAINERS:
+    if len(_TRAINERS) >= _MAX_TRAINERS:
+      _TRAINERS.pop(next(iter(_TRAINERS)))  # the oldest
+    _TRAINERS[key] = Trainer(cfg, vocab_size, mesh, **options)
+  return _TRAINERS[key]

@@ -1,0 +1,16 @@
+"""The errors a user's input causes. launch.py prints each as one `error: ...` line, never a traceback.
+
+Raise them with a message that names the problem (the config key, file or checkpoint) and the fix.
+"""
+
+
+class UserError(Exception):
+  """A problem with the user's input: config, command line, data, checkpoints or work directories."""
+
+
+class ConfigError(UserError, ValueError):
+  """A config that cannot run; the message names the key and the fix."""
+
+
+class CheckpointError(UserError, RuntimeError):
+  """A checkpoint that cannot be restored; the message says which and what to do."""

@@ -1,0 +1,88 @@
+"""What a pretraining objective is: one `Objective` record, declared beside its batch transform.
+
+An objective names the model families it trains, cuts a split's encoded documents into rows, turns each
+batch of rows into the arrays the model and loss read (a seeded numpy transform, see data/pipeline.py),
+lists its loss terms, the derived model options it needs, and how a trained model completes a prompt.
+Validation, model building, the train step, the loop and sampling all read these fields.
+
+Shape suffixes used by the objective modules: B batch (rows), L row length (seq_len), H half row (an NSP
+sentence), I encoder inputs length, T decoder targets length, S noise spans, W a row's width in a
+scratch array, G gaps between tokens, R rows of a split, V vocabulary.
+"""
+
+import dataclasses
+from typing import Callable, Mapping
+
+import numpy as np
+
+F32, I32 = np.float32, np.int32
+
+Transform = Callable[[dict, np.random.Generator], dict]  # (batch of rows, rng) -> model/loss batch
+
+
+@dataclasses.dataclass(frozen=True)
+class LossTerm:
+  """One cross-entropy term: model output `logits` against batch `targets`, weighted by batch `weights`.
+
+  Its sums and metrics are named with `prefix` (loss_sum, nsp_loss_sum, ...). The term enters the total
+  loss as scale x (its sum / its weights), scale = config.objective[scale_key] (1 without a key).
+  """
+  prefix: str = ""
+  logits: str = "logits"
+  targets: str = "targets"
+  weights: str = "weights"
+  scale_key: str | None = None
+  scale: float = 1.0
+
+
+TOKENS = LossTerm()  # the objective's token targets (next tokens, masked tokens, span targets)
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectiveData:
+  """What the input pipeline needs of an objective, bound to a config and tokenizer."""
+  rows: Callable[[list[np.ndarray]], dict]  # encoded documents of a split -> rows {name: [R, ...]}
+  transform: Transform  # (batch of rows, rng) -> the model/loss batch
+  spec: Callable[[int], dict]  # batch size -> {name: (shape, dtype)} of the transform's output
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+  """One pretraining objective (see the module docstring)."""
+  name: str
+  families: tuple[str, ...]  # the config.model.family values it trains
+  # (cfg, vocab_size, sp) -> ObjectiveData; sp (the sentencepiece model) only for piece-level options
+  # such as whole-word masking, None elsewhere (e.g. the benchmark's synthetic batches).
+  data: Callable[..., ObjectiveData]
+  losses: tuple[LossTerm, ...] = (TOKENS,)
+  # Derived model options the family's builder reads (bidirectional: an RNN reads its whole segment;
+  # nsp_head: the encoder also returns next-sentence logits).
+  model_options: Mapping[str, bool] = dataclasses.field(default_factory=dict)
+  # How a trained model completes a prompt (decode/complete.py): continue, fill_mask, fill_mask_pair
+  # ([CLS] prompt [SEP], as sentence A) or seq2seq (decode the targets of a corrupted prompt).
+  decode: str = "continue"
+  # cfg -> None; raises ConfigError for settings this objective cannot run (before any compute).
+  check: Callable[..., None] = lambda cfg: None
+
+  def loss_terms(self, cfg) -> tuple[LossTerm, ...]:
+    """The loss terms with their scales read from cfg.objective."""
+    return tuple(dataclasses.replace(t, scale=float(cfg.objective[t.scale_key])) if t.scale_key else t
+                 for t in self.losses)
+
+
+def segment_starts(segment_ids_BL) -> np.ndarray:
+  """The column where each token's segment starts (our own, so we never trust "positions" blindly)."""
+  _, length = segment_ids_BL.shape
+  col_L = np.arange(length)
+  new_BL = np.ones_like(segment_ids_BL, bool)
+  new_BL[:, 1:] = segment_ids_BL[:, 1:] != segment_ids_BL[:, :-1]
+  return np.maximum.accumulate(np.where(new_BL, col_L, 0), axis=1)
+
+
+def scatter_rows(values_BN, index_BN, keep_BN, width: int) -> np.ndarray:
+  """out[b, index[b, n]] = values[b, n] where keep; zeros elsewhere ([B, width] int32)."""
+  batch = values_BN.shape[0]
+  out_BW = np.zeros((batch, width), I32)
+  rows_BN = np.broadcast_to(np.arange(batch)[:, None], index_BN.shape)
+  out_BW[rows_BN[keep_BN], index_BN[keep_BN]] = values_BN[keep_BN]
+  return out_BW

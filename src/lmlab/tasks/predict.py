@@ -1,0 +1,46 @@
+"""Prediction from a finished fine-tuning run's work directory: each text's label with the class
+probabilities (SVM scores for the TF-IDF baseline), or its generated output."""
+
+import json
+import os
+
+import jax
+
+from lmlab.data import tokenizer
+from lmlab.errors import CheckpointError, ConfigError
+from lmlab.tasks import baseline, evaluators, inputs
+from lmlab.tasks import config as task_config
+from lmlab.train import checkpoint, partitioning, trainer, workdir
+
+
+def predict_workdir(run_dir: str, texts: list[str]) -> list[dict]:
+  """{"label", "probabilities" | "scores"} or {"output"} per text, from the run's best checkpoint."""
+  if not os.path.exists(os.path.join(run_dir, "task.json")):
+    raise ConfigError(f"{run_dir} is not a fine-tuning work directory (no task.json); predict needs a run of "
+                      "experiments/finetune.py.")
+  if not os.path.exists(os.path.join(run_dir, "metrics.json")):
+    raise ConfigError(f"{run_dir} has not finished fine-tuning (no metrics.json); run it to the end first.")
+  if not texts:
+    raise ConfigError("Nothing to predict: give --text or --input.")
+  cfg = workdir.load_config(run_dir)
+  with open(os.path.join(run_dir, "task.json")) as f:
+    task_info = json.load(f)
+  label_names = tuple(task_info["label_names"])
+  if cfg.finetune.baseline:
+    return baseline.predict(cfg, run_dir, list(texts), label_names)
+  sp = tokenizer.load(os.path.join(run_dir, "tokenizer.model"), cfg.tokenizer)
+  cfg.data.batch_size = jax.device_count()
+  trn = trainer.get_trainer(cfg, sp.vocab_size(), partitioning.data_parallel_mesh(), num_classes=len(label_names),
+                            pooling=task_config.pooling(cfg), freeze_body=cfg.finetune.freeze_body)
+  manager = checkpoint.make_manager(run_dir, cfg.finetune.keep_best, *task_config.metric(cfg))
+  if manager.best_step() is None:
+    raise CheckpointError(f"{run_dir} has no checkpoint; fine-tune first.")
+  state, _ = checkpoint.restore(manager, trn.abstract_state, manager.best_step())
+  manager.close()
+  evaluate = evaluators.for_task(cfg, trn, sp, task_info["kind"], label_names)
+  if task_info["kind"] == "generation":
+    return [{"output": text} for text in evaluate.generate(state.params, list(texts))]
+  arrays = inputs.classification_arrays(sp, list(texts), cfg.model.family, cfg.data.seq_len)
+  probs = evaluate.probabilities(state.params, arrays)
+  return [{"label": label_names[int(p.argmax())], "probabilities": dict(zip(label_names, map(float, p)))}
+          for p in probs]

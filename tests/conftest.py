@@ -1,4 +1,8 @@
-"""Test setup: 8 fake CPU devices for mesh tests (set before jax is imported) and shared fixtures."""
+"""Test setup: 8 fake CPU devices for mesh tests (set before jax is imported) and shared fixtures.
+
+Two tiers: tests marked `e2e` run launch.py in subprocesses (the command line, several processes, exit
+codes); everything else runs in this process (`python -m pytest -m "not e2e"`).
+"""
 
 import os
 
@@ -48,19 +52,15 @@ def overfit():
   return run
 
 
-# Tiny pretraining runs through launch.py, shared by the end-to-end tests of test_launch.py (train, resume,
-# sample, multi-process) and test_finetune.py (fine-tune, predict).
+@pytest.fixture(scope="session")
+def compilation_cache(tmp_path_factory):
+  """JAX's persistent compilation cache shared by the launch.py subprocesses of this session."""
+  return str(tmp_path_factory.mktemp("jax_cache"))
 
 
 @pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory, bbc_data_dir):
+def tiny_run(tmp_path_factory, bbc_data_dir, compilation_cache):
+  """A tiny GPT trained through launch.py on 2 devices (the e2e tier's shared run)."""
   workdir = str(tmp_path_factory.mktemp("runs") / "tiny")
-  proc = launch([*TINY, f"--workdir={workdir}"], bbc_data_dir, devices=2)
-  return workdir, proc.stdout
-
-
-@pytest.fixture(scope="session")
-def tiny_bert_run(tmp_path_factory, bbc_data_dir):
-  workdir = str(tmp_path_factory.mktemp("runs") / "bert")
-  proc = launch([f"--config={ROOT}/experiments/bert.py:size=tiny", f"--workdir={workdir}"], bbc_data_dir)
+  proc = launch([*TINY, f"--workdir={workdir}"], bbc_data_dir, devices=2, cache_dir=compilation_cache)
   return workdir, proc.stdout

@@ -1,5 +1,9 @@
-"""Running launch.py in a subprocess, for the end-to-end tests (a helper module, not a test file)."""
+"""Running lmlab end to end, for the run tests (a helper module, not a test file): launch.py in a
+subprocess (the e2e tier), or an experiment file's config for the in-process functions launch.py calls."""
 
+import contextlib
+import importlib.util
+import io
 import os
 import subprocess
 import sys
@@ -8,11 +12,36 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = [f"--config={ROOT}/experiments/gpt.py:size=tiny", "--config.train.log_every=1"]
 
 
-def launch(args, data_dir, devices=1, check=True):
-  env = dict(os.environ, TFDS_DATA_DIR=data_dir,
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+def launch(args, data_dir, devices=1, check=True, cache_dir=None):
+  """launch.py with `args` in a subprocess; cache_dir: JAX's persistent compilation cache, so the
+  subprocesses of one test session compile each shared step once."""
+  env = dict(os.environ, TFDS_DATA_DIR=data_dir, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  if cache_dir:
+    env.update(JAX_COMPILATION_CACHE_DIR=cache_dir, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
   proc = subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"), *args], env=env, cwd=ROOT,
                         capture_output=True, text=True, timeout=600)
   if check and proc.returncode:
     raise AssertionError(f"launch.py {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr[-4000:]}")
   return proc
+
+
+def experiment_config(spec: str, **overrides):
+  """get_config(arg) of experiments/<file>[:arg] ("gpt.py:size=tiny"), with dotted-key overrides."""
+  from lmlab import config as config_lib
+
+  name, _, arg = spec.partition(":")
+  module_spec = importlib.util.spec_from_file_location("experiment", os.path.join(ROOT, "experiments", name))
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  cfg = module.get_config(arg or None)
+  for key, value in overrides.items():
+    config_lib.set_by_path(cfg, key, value)
+  return cfg
+
+
+def capture(fn, *args):
+  """(fn(*args), what it printed)."""
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out):
+    result = fn(*args)
+  return result, out.getvalue()

@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 
 from lmlab import config as config_lib
+from lmlab import models
 from lmlab.config import ConfigError
 from lmlab.data import tokenizer
 from lmlab.models import heads
 from lmlab.tasks import config as task_config
 from lmlab.tasks import finetune, inputs, metrics
+from lmlab.tasks.predict import predict_workdir
 from lmlab.train import checkpoint, optimizer, partitioning, trainer
 
 V = 64
@@ -61,11 +63,15 @@ def finetune_config(init_from=None, task="bbc_topic", family="decoder", objectiv
   return task_config.resolve(cfg)
 
 
+def task_trainer(cfg, num_classes, **options):
+  return trainer.get_trainer(cfg, V, mesh(), num_classes=num_classes, pooling=task_config.pooling(cfg), **options)
+
+
 def transferred(cfg, num_classes):
-  model = finetune._task_model(cfg, V, num_classes)
-  trn = trainer.Trainer(cfg, V, mesh(), model)
+  trn = task_trainer(cfg, num_classes)
   init = jax.device_get(trn.init_state(jax.random.PRNGKey(0)))
-  return init, jax.device_get(finetune._transfer(cfg, trn, trn.init_state(jax.random.PRNGKey(0)), V, QUIET))
+  state = finetune.start_from_pretrained(cfg, trn, trn.init_state(jax.random.PRNGKey(0)), V, QUIET)
+  return init, jax.device_get(state)
 
 
 @pytest.mark.parametrize("family,objective", FAMILIES)
@@ -99,10 +105,9 @@ def test_bad_init_from_is_rejected_before_compute(tmp_path):
   with pytest.raises(ConfigError, match="config.json does not exist"):
     finetune_config(str(tmp_path / "nowhere"))
   cfg = finetune_config(os.path.join(pre_dir, "checkpoints", "5"))
-  model = finetune._task_model(cfg, V, 5)
-  trn = trainer.Trainer(cfg, V, mesh(), model)
+  trn = task_trainer(cfg, 5)
   with pytest.raises(checkpoint.CheckpointError, match=r"saved steps: \[0\]"):
-    finetune._transfer(cfg, trn, trn.init_state(jax.random.PRNGKey(0)), V, QUIET)
+    finetune.start_from_pretrained(cfg, trn, trn.init_state(jax.random.PRNGKey(0)), V, QUIET)
   with pytest.raises(ConfigError, match="needs a decoder, causal rnn or encoder_decoder"):
     task_config.validate(finetune_config(None, task="bbc_headline", family="encoder", objective="mlm"))
 
@@ -119,7 +124,7 @@ def test_pooling_picks_first_last_and_mean_of_the_real_tokens():
 @pytest.mark.parametrize("scan", [False, True])
 def test_layer_decay_scales_by_depth_and_freezing_zeroes_the_body(scan):
   cfg = finetune_config(**{"model.scan_layers": scan})
-  model = finetune._task_model(cfg, V, 3)
+  model = models.build(cfg, V, 3, task_config.pooling(cfg))
   boxed = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), np.zeros((2, 16), np.int32)))["params"]
   scales = flax.traverse_util.flatten_dict(optimizer.layer_lr_scales(boxed, 2, 0.5))
   assert scales[("head", "kernel")] == 1.0
@@ -136,7 +141,7 @@ def test_layer_decay_scales_by_depth_and_freezing_zeroes_the_body(scan):
 
 def test_a_frozen_body_does_not_move():
   cfg = finetune_config(**{"finetune.freeze_body": True, "optim.warmup_steps": 0})
-  trn = trainer.Trainer(cfg, V, mesh(), finetune._task_model(cfg, V, 3), freeze_body=True)
+  trn = task_trainer(cfg, 3, freeze_body=True)
   before = jax.device_get(trn.init_state(jax.random.PRNGKey(0)))
   rng = np.random.default_rng(0)
   batch = {"tokens": rng.integers(8, V, (8, 16)).astype(np.int32), "segment_ids": np.ones((8, 16), np.int32),
@@ -225,7 +230,7 @@ def test_fine_tuning_learns_a_separable_toy_task_to_100_percent(tmp_path, bbc_da
   assert summary["test"]["confusion_matrix"] == [[6, 0, 0], [0, 6, 0], [0, 0, 6]]
   workdir = str(tmp_path / "run")
   assert os.path.exists(os.path.join(workdir, "confusion_matrix.png"))
-  predictions = finetune.predict_workdir(workdir, ["the striker scored a penalty", "bank shares and profit"])
+  predictions = predict_workdir(workdir, ["the striker scored a penalty", "bank shares and profit"])
   assert [p["label"] for p in predictions] == ["sport", "money"]
   assert sum(predictions[0]["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
   with pytest.raises(ConfigError, match="already holds a fine-tuning run"):
@@ -238,7 +243,7 @@ def test_the_baseline_runs_in_the_same_harness_with_the_same_layout(tmp_path, bb
   assert {"accuracy", "macro_f1", "per_class", "confusion_matrix"} <= set(summary["test"])
   with open(tmp_path / "run" / "metrics.json") as f:
     assert json.load(f)["baseline"]["method"] == "tfidf_svm"
-  assert finetune.predict_workdir(str(tmp_path / "run"), ["album and guitar tour"])[0]["label"] == "music"
+  assert predict_workdir(str(tmp_path / "run"), ["album and guitar tour"])[0]["label"] == "music"
 
 
 HEADLINES = {"sport": "match report", "money": "market news", "music": "album review"}
@@ -267,7 +272,7 @@ def test_lead_baseline_scores_the_first_words_of_each_source(tmp_path):
   leads = [" ".join(s.split()[:2]) for s in sources]  # 2: the median headline length in words
   assert summary["baseline"] == {"method": "lead", "words": 2}
   assert summary["test"]["rougeL"] == pytest.approx(metrics.generation_report(leads, targets)["rougeL"])
-  assert finetune.predict_workdir(cfg.workdir, ["one two three"]) == [{"output": "one two"}]
+  assert predict_workdir(cfg.workdir, ["one two three"]) == [{"output": "one two"}]
   with pytest.raises(ConfigError, match="'lead' is a generation baseline"):
     task_config.validate(finetune_config(**{"finetune.baseline": "lead"}))
 
@@ -290,40 +295,8 @@ def test_generation_learns_a_source_dependent_target(family, objective, tmp_path
   with open(tmp_path / "run" / "test_predictions.jsonl") as f:
     rows = [json.loads(line) for line in f]
   assert len(rows) == 12 and all(r["prediction"] == r["target"] for r in rows)
-  predicted = finetune.predict_workdir(str(tmp_path / "run"), ["goal match striker keeper league cup"])
+  predicted = predict_workdir(str(tmp_path / "run"), ["goal match striker keeper league cup"])
   assert predicted == [{"output": "match report"}]
-
-
-# --- Pretrain -> fine-tune -> predict through launch.py, for a causal and an encoder family.
-
-from launching import ROOT, launch  # noqa: E402  (tiny_run, tiny_bert_run: conftest.py)
-
-
-@pytest.mark.parametrize("pretrained", ["tiny_run", "tiny_bert_run"])
-def test_pretrain_finetune_predict_through_launch(pretrained, request, tmp_path, bbc_data_dir):
-  pre_dir = request.getfixturevalue(pretrained)[0]
-  workdir = str(tmp_path / "topic")
-  stdout = launch([f"--config={ROOT}/experiments/finetune.py:size=tiny,task=topic", f"--workdir={workdir}",
-                   f"--config.init_from={pre_dir}"], bbc_data_dir).stdout
-  assert f"pretrained tensors from {pre_dir} step 20" in stdout and "confusion matrix" in stdout
-  with open(os.path.join(workdir, "metrics.json")) as f:
-    summary = json.load(f)
-  assert len(summary["test"]["confusion_matrix"]) == 5 and summary["train_examples"] > 1000
-  assert sum(map(sum, summary["test"]["confusion_matrix"])) == 217  # every test article, once
-  texts = tmp_path / "texts.txt"
-  texts.write_text("Shares in the bank rose after profits beat forecasts\n\nThe striker scored twice\n")
-  out = launch(["predict", f"--workdir={workdir}", f"--input={texts}"], bbc_data_dir).stdout.strip().splitlines()
-  assert len(out) == 2 and all("(probabilities: " in line for line in out)
-  probs = [float(part.split()[-1]) for part in out[0].split("(probabilities: ")[1].rstrip(")").split(", ")]
-  assert len(probs) == 5 and sum(probs) == pytest.approx(1.0, abs=2e-3)
-  assert out[0].split(" -> ")[1].split(" (")[0] in ("business", "entertainment", "politics", "sports", "tech")
-  if pretrained != "tiny_run":
-    return
-  sample = launch(["sample", f"--workdir={workdir}"], bbc_data_dir, check=False)
-  assert sample.returncode and "is a fine-tuning run; use `launch.py predict" in sample.stderr
-  mismatch = launch([f"--config={ROOT}/experiments/finetune.py:size=small,task=topic", f"--workdir={tmp_path}/x",
-                     f"--config.init_from={pre_dir}"], bbc_data_dir, check=False)
-  assert mismatch.returncode and "does not match the pretraining run" in mismatch.stderr
 
 
 def test_report_averages_seeds_per_system_and_fraction(tmp_path):

@@ -1,4 +1,6 @@
-"""End to end through launch.py on the tiny preset: train, resume with identical losses, sample, errors."""
+"""The command line itself, in subprocesses (the e2e tier): train, resume with identical losses, sample,
+fine-tune and predict through launch.py; one `error:` line and a non-zero exit for bad input; two
+processes on 127.0.0.1. Whole runs of every family are tested in-process (test_runs.py)."""
 
 import json
 import os
@@ -11,6 +13,8 @@ import pytest
 
 from launching import ROOT, TINY, launch
 
+pytestmark = pytest.mark.e2e
+
 
 def train_losses(workdir):
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
@@ -21,22 +25,14 @@ def train_losses(workdir):
 def test_train_writes_metrics_checkpoints_and_samples(tiny_run):
   workdir, stdout = tiny_run
   assert f"Work directory: {workdir}" in stdout and "step     20/20 | loss" in stdout
-  assert "over 2 cpu devices" in stdout
+  assert "over 2 cpu devices" in stdout and stdout.count("sample: ") == 2
   with open(os.path.join(workdir, "metrics.json")) as f:
-    summary = json.load(f)
-  assert summary["step"] == 20 and summary["parameters"] > 0
-  losses = train_losses(workdir)
-  assert sorted(losses) == list(range(1, 21))
-  assert losses[20] < losses[1] - 0.5, "training must reduce the loss"
-  assert 0 < summary["validation"]["loss"] < losses[1]
-  assert summary["validation"]["perplexity"] == pytest.approx(2.718281828 ** summary["validation"]["loss"], rel=1e-6)
+    assert json.load(f)["step"] == 20
+  assert sorted(train_losses(workdir)) == list(range(1, 21))
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["10", "20"]
-  assert os.listdir(os.path.join(workdir, "tensorboard"))
-  assert os.path.exists(os.path.join(workdir, "tokenizer.model"))
-  assert stdout.count("sample: ") == 2
 
 
-def test_resume_repeats_the_uninterrupted_losses(tiny_run, tmp_path, bbc_data_dir):
+def test_resume_repeats_the_uninterrupted_losses(tiny_run, tmp_path, bbc_data_dir, compilation_cache):
   workdir, _ = tiny_run
   resumed = str(tmp_path / "resumed")
   shutil.copytree(workdir, resumed)
@@ -46,23 +42,18 @@ def test_resume_repeats_the_uninterrupted_losses(tiny_run, tmp_path, bbc_data_di
     rows = [line for line in f if json.loads(line)["step"] <= 10]
   with open(os.path.join(resumed, "metrics.jsonl"), "w") as f:
     f.writelines(rows)
-  stdout = launch([*TINY, f"--workdir={resumed}"], bbc_data_dir, devices=2).stdout
+  stdout = launch([*TINY, f"--workdir={resumed}"], bbc_data_dir, devices=2, cache_dir=compilation_cache).stdout
   assert "Resumed from step 10" in stdout
-  expected, got = train_losses(workdir), train_losses(resumed)
-  assert sorted(got) == list(range(1, 21))
-  for step in range(11, 21):
-    assert got[step] == pytest.approx(expected[step], rel=1e-5), step
+  assert train_losses(resumed) == train_losses(workdir)
 
 
-def test_sample_command_is_reproducible(tiny_run, bbc_data_dir):
+def test_sample_command_is_reproducible(tiny_run, bbc_data_dir, compilation_cache):
   workdir, _ = tiny_run
   args = ["sample", f"--workdir={workdir}", "--prompt=The government", "--prompt=Shares",
-          "--max_new_tokens=6", "--seed=3"]
-  first = launch(args, bbc_data_dir).stdout
+          "--max_new_tokens=6", "--seed=3", "--temperature=0.9"]
+  first = launch(args, bbc_data_dir, cache_dir=compilation_cache).stdout
   assert first.count("The government -> ") == 1 and first.count("Shares -> ") == 1
-  assert launch(args, bbc_data_dir).stdout == first
-  greedy = launch([*args[:4], "--temperature=0"], bbc_data_dir).stdout
-  assert greedy.count(" -> ") == 2
+  assert launch(args, bbc_data_dir, cache_dir=compilation_cache).stdout == first
 
 
 @pytest.mark.parametrize("args, message", [
@@ -79,13 +70,7 @@ def test_bad_input_fails_before_compute(args, message, tmp_path, bbc_data_dir):
   assert not workdir.exists()
 
 
-def test_resuming_with_another_model_is_refused(tiny_run, bbc_data_dir):
-  workdir, _ = tiny_run
-  proc = launch([*TINY, f"--workdir={workdir}", "--config.model.d_model=32"], bbc_data_dir, check=False)
-  assert proc.returncode != 0 and "different config.model" in proc.stderr
-
-
-def test_damaged_checkpoint_is_reported_and_kept(tiny_run, tmp_path, bbc_data_dir):
+def test_damaged_checkpoint_is_one_error_line(tiny_run, tmp_path, bbc_data_dir, compilation_cache):
   workdir, _ = tiny_run
   damaged = str(tmp_path / "damaged")
   shutil.copytree(workdir, damaged)
@@ -97,35 +82,29 @@ def test_damaged_checkpoint_is_reported_and_kept(tiny_run, tmp_path, bbc_data_di
         mid = len(data) // 2
         data[mid:mid + 64] = bytes(b ^ 0xFF for b in data[mid:mid + 64])
         open(path, "wb").write(bytes(data))
-  proc = launch([*TINY, f"--workdir={damaged}"], bbc_data_dir, check=False)
+  proc = launch([*TINY, f"--workdir={damaged}"], bbc_data_dir, check=False, cache_dir=compilation_cache)
   assert proc.returncode != 0
-  assert "Cannot restore the checkpoint" in proc.stderr and "checkpoints/20" in proc.stderr
-  assert "Event loop is closed" not in proc.stderr
+  assert "error: Cannot restore the checkpoint" in proc.stderr and "checkpoints/20" in proc.stderr
+  assert "Event loop is closed" not in proc.stderr and "Traceback" not in proc.stderr
   assert sorted(os.listdir(os.path.join(damaged, "checkpoints"))) == ["10", "20"]  # nothing deleted
 
 
-@pytest.mark.parametrize("experiment, expect", [
-    ("bert.py:size=tiny", ["objective mlm_nsp", "nsp accuracy", "sample: Shares in the [MASK] rose sharply. -> [MASK] 1: "]),
-    ("lstm.py:size=tiny,cell=gru", ["objective causal_lm", "step     20/20", "sample: The government said -> "]),
-    ("t5.py:size=tiny", ["objective span_corruption", "sample: Shares in the <extra_id_0> sharply on "]),
-    ("ngram.py:size=tiny,order=3", ["3-gram Kneser-Ney: validation loss"]),
-])
-def test_other_families_train_evaluate_and_sample(experiment, expect, request, tmp_path, bbc_data_dir):
-  if experiment.startswith("bert"):
-    workdir, stdout = request.getfixturevalue("tiny_bert_run")
-  else:
-    workdir = str(tmp_path / "run")
-    stdout = launch([f"--config={ROOT}/experiments/{experiment}", f"--workdir={workdir}"], bbc_data_dir).stdout
-  for text in expect:
-    assert text in stdout, (text, stdout[-2000:])
-  with open(os.path.join(workdir, "metrics.json")) as f:
-    validation = json.load(f)["validation"]
-  assert 1.0 < validation["perplexity"] < 512  # better than uniform over the tiny 512-piece vocabulary
-  if "ngram" not in experiment:
-    beams = ["--beam_size=2"] if "t5" in experiment else []
-    sampled = launch(["sample", f"--workdir={workdir}", "--prompt=The [MASK] said", "--max_new_tokens=4",
-                      *beams], bbc_data_dir).stdout
-    assert sampled.count("The [MASK] said -> ") == 1
+def test_finetune_and_predict_commands(tiny_run, tmp_path, bbc_data_dir, compilation_cache):
+  pre_dir = tiny_run[0]
+  workdir = str(tmp_path / "topic")
+  stdout = launch([f"--config={ROOT}/experiments/finetune.py:size=tiny,task=topic", f"--workdir={workdir}",
+                   f"--config.init_from={pre_dir}"], bbc_data_dir, cache_dir=compilation_cache).stdout
+  assert f"pretrained tensors from {pre_dir} step 20" in stdout and "confusion matrix" in stdout
+  texts = tmp_path / "texts.txt"
+  texts.write_text("Shares in the bank rose after profits beat forecasts\n\nThe striker scored twice\n")
+  out = launch(["predict", f"--workdir={workdir}", f"--input={texts}"], bbc_data_dir,
+               cache_dir=compilation_cache).stdout.strip().splitlines()
+  assert len(out) == 2 and all("(probabilities: " in line for line in out)
+  probs = [float(part.split()[-1]) for part in out[0].split("(probabilities: ")[1].rstrip(")").split(", ")]
+  assert len(probs) == 5 and sum(probs) == pytest.approx(1.0, abs=2e-3)
+  assert out[0].split(" -> ")[1].split(" (")[0] in ("business", "entertainment", "politics", "sports", "tech")
+  sample = launch(["sample", f"--workdir={workdir}"], bbc_data_dir, check=False)
+  assert sample.returncode and "error: " in sample.stderr and "is a fine-tuning run" in sample.stderr
 
 
 def test_two_processes_train_like_one_process_with_two_devices(tiny_run, tmp_path, bbc_data_dir):

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from lmlab import objectives
-from lmlab.data import pipeline
+from lmlab.data import packing
+from lmlab.objectives import causal
 from lmlab.models import ngram
 
 # Toy corpus over V = 8 ids: 0 PAD, 1 UNK, 2 BOS, 3 EOS, then words a b c d = 4 5 6 7.
@@ -106,9 +106,9 @@ def test_probabilities_sum_to_one_and_are_positive(train_docs, order):
 def test_evaluate_packed_matches_slow_reference(train_docs, order):
   model = ngram.KneserNey.fit(train_docs, 12, order)
   eval_docs = markov_docs(np.random.default_rng(5), 6) + [np.array([2, 3], np.int32)]
-  packed = pipeline.pack_documents(eval_docs, 16)  # 16 columns: documents run across rows
+  packed = packing.pack_documents(eval_docs, 16)  # 16 columns: documents run across rows
   result = model.evaluate_packed(packed)
-  _, weights_RL = objectives.causal_lm_targets(packed["tokens"], packed["segment_ids"])
+  _, weights_RL = causal.next_token_targets(packed["tokens"], packed["segment_ids"])
   tokens, segments = packed["tokens"], packed["segment_ids"]
   nll = []
   for r in range(tokens.shape[0]):
@@ -124,7 +124,7 @@ def test_evaluate_packed_matches_slow_reference(train_docs, order):
 
 
 def test_higher_order_lowers_heldout_perplexity(train_docs):
-  packed = pipeline.pack_documents(markov_docs(np.random.default_rng(7), 30), 64)
+  packed = packing.pack_documents(markov_docs(np.random.default_rng(7), 30), 64)
   ppl = {order: ngram.KneserNey.fit(train_docs, 12, order).evaluate_packed(packed)["perplexity"]
          for order in (1, 2, 3)}
   # The chain is second order: each added token of context must help.

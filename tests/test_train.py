@@ -10,8 +10,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from lmlab import config as config_lib
-from lmlab import objectives
-from lmlab.data import transforms
+from lmlab.objectives import causal
 from lmlab.train import checkpoint, optimizer, partitioning, trainer
 
 
@@ -36,7 +35,7 @@ def packed_batch(cfg, seed=0):
   tokens[segment_ids == 0] = 0
   positions = np.where(segment_ids == 1, np.arange(l), np.arange(l) - l // 2).astype(np.int32)
   positions[segment_ids == 0] = 0
-  return transforms.causal_lm({"tokens": tokens, "segment_ids": segment_ids, "positions": positions}, None)
+  return causal.causal_lm({"tokens": tokens, "segment_ids": segment_ids, "positions": positions}, None)
 
 
 def mesh_of(shape):
@@ -57,7 +56,7 @@ def run_steps(cfg, mesh, steps=2):
 def test_causal_targets_stay_inside_documents():
   tokens = jnp.array([[5, 6, 7, 8, 9, 0]])
   segments = jnp.array([[1, 1, 1, 2, 2, 0]])
-  targets, weights = objectives.causal_lm_targets(tokens, segments)
+  targets, weights = causal.next_token_targets(tokens, segments)
   np.testing.assert_array_equal(targets[0, :4], [6, 7, 8, 9])
   np.testing.assert_array_equal(weights[0], [1, 1, 0, 1, 0, 0])
 

@@ -4,7 +4,8 @@ determinism and errors."""
 import numpy as np
 import pytest
 
-from lmlab.data import pipeline, transforms
+from lmlab.data import packing
+from lmlab.objectives import causal, masked, span
 from lmlab.data.tokenizer import (BOS_ID, CLS_ID, EOS_ID, FIRST_SENTINEL_ID, MASK_ID, SEP_ID,
                                   num_special_ids)
 
@@ -28,12 +29,12 @@ def random_docs(rng, num_docs, max_len=300, specials=True):
 def packed_batch(seed=0, rows=256, seq_len=128, padded_rows=16):
   """Packed rows; the last `padded_rows` are cut short (as the last row of a split) or all padding."""
   rng = np.random.default_rng(seed)
-  packed = pipeline.pack_documents(random_docs(rng, 3 * rows * seq_len // 150), seq_len)
-  batch = {key: packed[key][:rows].copy() for key in pipeline.KEYS}
+  packed = packing.pack_documents(random_docs(rng, 3 * rows * seq_len // 150), seq_len)
+  batch = {key: packed[key][:rows].copy() for key in packing.KEYS}
   assert batch["tokens"].shape == (rows, seq_len)
   for r in range(rows - padded_rows, rows):
     cut = 0 if r == rows - 1 else rng.integers(1, seq_len)
-    for key in pipeline.KEYS:
+    for key in packing.KEYS:
       batch[key][r, cut:] = 0
   return batch
 
@@ -57,8 +58,8 @@ def rng(seed=0):
 
 
 def test_mask_tokens_statistics(batch):
-  out = transforms.mask_tokens(batch, rng(), **MLM)
-  assert_matches_spec(out, transforms.mask_tokens_spec(256, 128))
+  out = masked.mask_tokens(batch, rng(), **MLM)
+  assert_matches_spec(out, masked.mask_tokens_spec(256, 128))
   tokens, corrupted, selected = batch["tokens"], out["tokens"], out["weights"] > 0
   maskable = (batch["segment_ids"] > 0) & (tokens >= NUM_SPECIAL)
   # A fixed count per row (BERT: at least one), never padding or special ids.
@@ -101,7 +102,7 @@ def words_of_row(tokens, segments, maskable, word_start_V):
 
 def test_whole_word_masking_selects_whole_words(batch):
   word_start_V = np.random.default_rng(1).random(VOCAB) < 0.4  # words of ~2.5 pieces
-  out = transforms.mask_tokens(batch, rng(), whole_word=True, word_start_V=word_start_V, **MLM)
+  out = masked.mask_tokens(batch, rng(), whole_word=True, word_start_V=word_start_V, **MLM)
   selected = out["weights"] > 0
   maskable = (batch["segment_ids"] > 0) & (batch["tokens"] >= NUM_SPECIAL)
   assert not np.any(selected & ~maskable)
@@ -123,13 +124,13 @@ def test_whole_word_masking_selects_whole_words(batch):
 def test_mask_tokens_rejects_impossible_settings(batch):
   for rate in (0.0, 1.0, 1.5, -0.1):
     with pytest.raises(ValueError, match="mask_rate"):
-      transforms.mask_tokens(batch, rng(), mask_rate=rate, **MLM)
+      masked.mask_tokens(batch, rng(), mask_rate=rate, **MLM)
   with pytest.raises(ValueError, match="replace_with_mask"):
-    transforms.mask_tokens(batch, rng(), replace_with_mask=0.9, replace_random=0.2, **MLM)
+    masked.mask_tokens(batch, rng(), replace_with_mask=0.9, replace_random=0.2, **MLM)
   with pytest.raises(ValueError, match="word_start_V"):
-    transforms.mask_tokens(batch, rng(), whole_word=True, **MLM)
+    masked.mask_tokens(batch, rng(), whole_word=True, **MLM)
   with pytest.raises(ValueError, match="vocab_size"):
-    transforms.mask_tokens(batch, rng(), vocab_size=NUM_SPECIAL, num_special=NUM_SPECIAL)
+    masked.mask_tokens(batch, rng(), vocab_size=NUM_SPECIAL, num_special=NUM_SPECIAL)
 
 
 # Next-sentence prediction
@@ -138,7 +139,7 @@ def test_mask_tokens_rejects_impossible_settings(batch):
 @pytest.fixture(scope="module")
 def pairs():
   docs = random_docs(np.random.default_rng(2), 400, max_len=400, specials=False)
-  return docs, transforms.pair_rows(docs, seq_len=128)
+  return docs, masked.pair_rows(docs, seq_len=128)
 
 
 def test_pair_rows_are_consecutive_chunks(pairs):
@@ -172,8 +173,8 @@ def nsp_batch(rows, size=512, seed=3):
 def test_next_sentence_labels_and_layout(pairs):
   _, rows = pairs
   batch = nsp_batch(rows)
-  out = transforms.next_sentence(batch, rng(), seq_len=128)
-  assert_matches_spec(out, transforms.next_sentence_spec(512, 128))
+  out = masked.next_sentence(batch, rng(), seq_len=128)
+  assert_matches_spec(out, masked.next_sentence_spec(512, 128))
   labels = out["nsp_labels"]
   assert abs(labels.mean() - 0.5) < 0.08
   seconds = {(int(batch["doc_id"][j]), tuple(batch["second"][j, :batch["second_len"][j]])) for j in range(512)}
@@ -201,20 +202,20 @@ def test_next_sentence_padding_rows_and_errors(pairs):
   batch = nsp_batch(rows, size=8)
   for value in batch.values():
     value[-2:] = 0  # eval batch padding
-  out = transforms.next_sentence(batch, rng(), seq_len=127)
+  out = masked.next_sentence(batch, rng(), seq_len=127)
   for key in ("tokens", "token_types", "segment_ids", "positions", "nsp_labels", "nsp_weights"):
     assert not out[key][-2:].any(), key
   np.testing.assert_array_equal(out["nsp_weights"], [1] * 6 + [0] * 2)
   with pytest.raises(ValueError, match="seq_len"):
-    transforms.next_sentence(batch, rng(), seq_len=126)
+    masked.next_sentence(batch, rng(), seq_len=126)
   with pytest.raises(ValueError, match="seq_len"):
-    transforms.pair_rows([], seq_len=4)
+    masked.pair_rows([], seq_len=4)
 
 
 def test_mlm_nsp_never_masks_cls_sep(pairs):
   _, rows = pairs
-  out = transforms.mlm_nsp(nsp_batch(rows), rng(), seq_len=128, **MLM)
-  assert_matches_spec(out, transforms.mlm_nsp_spec(512, 128))
+  out = masked.mlm_nsp(nsp_batch(rows), rng(), seq_len=128, **MLM)
+  assert_matches_spec(out, masked.mlm_nsp_spec(512, 128))
   selected = out["weights"] > 0
   assert not np.any(selected & np.isin(out["targets"], [CLS_ID, SEP_ID]))
   assert not np.any(selected & (out["segment_ids"] == 0))
@@ -226,15 +227,15 @@ def test_mlm_nsp_never_masks_cls_sep(pairs):
 
 
 def test_span_corruption_lengths_match_t5():
-  assert transforms.span_corruption_lengths(512, 0.15, 3.0) == (568, 114)  # T5's default task
+  assert span.span_corruption_lengths(512, 0.15, 3.0) == (568, 114)  # T5's default task
   for inputs_length in (16, 64, 128, 512):
-    tokens_length, targets_length = transforms.span_corruption_lengths(inputs_length)
-    out = transforms.span_corruption(
+    tokens_length, targets_length = span.span_corruption_lengths(inputs_length)
+    out = span.span_corruption(
         full_rows(tokens_length, rows=4), rng(), inputs_length=inputs_length, targets_length=targets_length,
         num_sentinels=NUM_SENTINELS)
     # Full rows fill inputs and targets exactly, both ending with EOS.
     np.testing.assert_array_equal(out["encoder_tokens"][:, -1], EOS_ID)
-    np.testing.assert_array_equal(out["decoder_targets"][:, -1], EOS_ID)
+    np.testing.assert_array_equal(out["targets"][:, -1], EOS_ID)
     assert out["encoder_segment_ids"].all() and out["weights"].all()
 
 
@@ -245,7 +246,7 @@ def noise_span_lengths(mask):
 
 def test_random_spans_noise_mask_statistics():
   gen = np.random.default_rng(4)
-  masks = np.stack([transforms.random_spans_noise_mask(141, 0.15, 3.0, gen) for _ in range(300)])
+  masks = np.stack([span.random_spans_noise_mask(141, 0.15, 3.0, gen) for _ in range(300)])
   assert masks.shape == (300, 141) and masks.dtype == bool
   np.testing.assert_array_equal(masks.sum(1), round(141 * 0.15))  # 21 noise tokens
   starts = masks & ~np.pad(masks, ((0, 0), (1, 0)))[:, :-1]
@@ -256,8 +257,8 @@ def test_random_spans_noise_mask_statistics():
   assert lengths.size == 300 * 7 and lengths.mean() == 3.0 and lengths.min() == 1 and lengths.max() >= 8
   assert masks[:, 1:].any(0).all()
   # Degenerate lengths as T5: at least one noise and one kept token; a single token is never noise.
-  assert transforms.random_spans_noise_mask(2, 0.15, 3.0, gen).tolist() == [False, True]
-  assert transforms.random_spans_noise_mask(1, 0.15, 3.0, gen).tolist() == [False]
+  assert span.random_spans_noise_mask(2, 0.15, 3.0, gen).tolist() == [False, True]
+  assert span.random_spans_noise_mask(1, 0.15, 3.0, gen).tolist() == [False]
 
 
 def full_rows(length, rows=256, seed=5):
@@ -282,7 +283,7 @@ def uncorrupt(encoder, targets):
 
 def span_stats(batch, out):
   """(noise tokens, noise spans, real tokens) over the batch, read off the targets."""
-  dec = out["decoder_targets"]
+  dec = out["targets"]
   sentinel = (dec >= FIRST_SENTINEL_ID) & (dec < NUM_SPECIAL)
   noise = (out["weights"] > 0) & ~sentinel & (dec != EOS_ID)
   return noise.sum(), sentinel.sum(), (batch["segment_ids"] > 0).sum()
@@ -290,26 +291,26 @@ def span_stats(batch, out):
 
 def test_span_corruption_round_trip_and_statistics():
   inputs_length = 128
-  tokens_length, targets_length = transforms.span_corruption_lengths(inputs_length)
+  tokens_length, targets_length = span.span_corruption_lengths(inputs_length)
   batch = full_rows(tokens_length)
   # Partly padded rows (the last row of a split), one of each short length, and an all-padding row.
   for r, n in enumerate([1, 2, 3, 5, 17, 60, 140, 0]):
     for key in batch:
       batch[key][r, n:] = 0
-  out = transforms.span_corruption(batch, rng(), inputs_length=inputs_length, targets_length=targets_length,
+  out = span.span_corruption(batch, rng(), inputs_length=inputs_length, targets_length=targets_length,
                                    num_sentinels=NUM_SENTINELS)
-  assert_matches_spec(out, transforms.span_corruption_spec(256, inputs_length, targets_length))
+  assert_matches_spec(out, span.span_corruption_spec(256, inputs_length, targets_length))
   for r in range(256):
     real = batch["segment_ids"][r] > 0
     enc_n, dec_n = out["encoder_segment_ids"][r].sum(), out["decoder_segment_ids"][r].sum()
     if not real.any():
       assert not any(v[r].any() for v in out.values())
       continue
-    assert out["encoder_tokens"][r, enc_n - 1] == EOS_ID and out["decoder_targets"][r, dec_n - 1] == EOS_ID
-    assert not out["encoder_tokens"][r, enc_n:].any() and not out["decoder_targets"][r, dec_n:].any()
-    assert uncorrupt(out["encoder_tokens"][r], out["decoder_targets"][r]) == batch["tokens"][r, real].tolist()
+    assert out["encoder_tokens"][r, enc_n - 1] == EOS_ID and out["targets"][r, dec_n - 1] == EOS_ID
+    assert not out["encoder_tokens"][r, enc_n:].any() and not out["targets"][r, dec_n:].any()
+    assert uncorrupt(out["encoder_tokens"][r], out["targets"][r]) == batch["tokens"][r, real].tolist()
     # Sentinels in order from <extra_id_0>, the same ones in inputs and targets.
-    enc, dec = out["encoder_tokens"][r, :enc_n], out["decoder_targets"][r, :dec_n]
+    enc, dec = out["encoder_tokens"][r, :enc_n], out["targets"][r, :dec_n]
     sentinels = enc[(enc >= FIRST_SENTINEL_ID) & (enc < NUM_SPECIAL)]
     np.testing.assert_array_equal(sentinels, FIRST_SENTINEL_ID + np.arange(sentinels.size))
     np.testing.assert_array_equal(dec[(dec >= FIRST_SENTINEL_ID) & (dec < NUM_SPECIAL)], sentinels)
@@ -331,24 +332,24 @@ def test_span_corruption_round_trip_and_statistics():
 
 
 def test_span_corruption_rejects_impossible_settings():
-  tokens_length, targets_length = transforms.span_corruption_lengths(128)
+  tokens_length, targets_length = span.span_corruption_lengths(128)
   batch = full_rows(tokens_length, rows=2)
   kwargs = dict(inputs_length=128, targets_length=targets_length)
-  assert transforms.max_noise_spans(tokens_length) == 7
+  assert span.max_noise_spans(tokens_length) == 7
   with pytest.raises(ValueError, match="num_sentinels"):
-    transforms.span_corruption(batch, rng(), num_sentinels=6, **kwargs)
+    span.span_corruption(batch, rng(), num_sentinels=6, **kwargs)
   with pytest.raises(ValueError, match="span_corruption_lengths"):
-    transforms.span_corruption(full_rows(tokens_length + 5, rows=2), rng(), num_sentinels=100, **kwargs)
+    span.span_corruption(full_rows(tokens_length + 5, rows=2), rng(), num_sentinels=100, **kwargs)
   with pytest.raises(ValueError, match="span_corruption_lengths"):
-    transforms.span_corruption(batch, rng(), inputs_length=128, targets_length=targets_length - 1,
+    span.span_corruption(batch, rng(), inputs_length=128, targets_length=targets_length - 1,
                                num_sentinels=100)
   for density in (0.0, 1.0):
     with pytest.raises(ValueError, match="noise_density"):
-      transforms.span_corruption_lengths(128, noise_density=density)
+      span.span_corruption_lengths(128, noise_density=density)
   with pytest.raises(ValueError, match="mean_noise_span_length"):
-    transforms.max_noise_spans(128, 0.15, 0.5)
+    span.max_noise_spans(128, 0.15, 0.5)
   with pytest.raises(ValueError, match="inputs_length"):
-    transforms.span_corruption_lengths(2)
+    span.span_corruption_lengths(2)
 
 
 # Decoder-only LM
@@ -365,10 +366,10 @@ def segments_of(row_segments):
 
 @pytest.mark.parametrize("split", ["random", 0.25])
 def test_prefix_lm_weights_only_on_suffix_targets(batch, split):
-  out = transforms.prefix_lm(batch, rng(), split=split)
-  assert_matches_spec(out, transforms.lm_spec(256, 128))
-  causal = transforms.causal_lm(batch, rng())
-  np.testing.assert_array_equal(out["targets"], causal["targets"])
+  out = causal.prefix_lm(batch, rng(), split=split)
+  assert_matches_spec(out, causal.lm_spec(256, 128))
+  plain = causal.causal_lm(batch, rng())
+  np.testing.assert_array_equal(out["targets"], plain["targets"])
   fractions = []
   for r in range(256):
     prefix, weights = out["prefix"][r], out["weights"][r] > 0
@@ -392,36 +393,36 @@ def test_prefix_lm_weights_only_on_suffix_targets(batch, split):
     assert abs(np.mean(fractions) - 0.5) < 0.05 and abs(np.std(fractions) - 12 ** -0.5) < 0.05  # uniform
 
 
-def test_causal_lm_matches_objectives(batch):
-  from lmlab import objectives
-
-  out = transforms.causal_lm(batch, rng())
-  assert_matches_spec(out, transforms.lm_spec(256, 128))
-  targets, weights = objectives.causal_lm_targets(batch["tokens"], batch["segment_ids"])
-  np.testing.assert_array_equal(out["targets"], np.asarray(targets))
-  np.testing.assert_array_equal(out["weights"], np.asarray(weights))
+def test_causal_lm_is_next_token_prediction_within_documents(batch):
+  out = causal.causal_lm(batch, rng())
+  assert_matches_spec(out, causal.lm_spec(256, 128))
+  tokens, segments = batch["tokens"], batch["segment_ids"]
+  np.testing.assert_array_equal(out["targets"][:, :-1], tokens[:, 1:])
+  expected = np.zeros(tokens.shape, bool)
+  expected[:, :-1] = (segments[:, 1:] == segments[:, :-1]) & (segments[:, :-1] > 0)
+  np.testing.assert_array_equal(out["weights"], expected)
   assert not out["prefix"].any()
 
 
 def test_prefix_lm_rejects_bad_split(batch):
   for split in ("half", 1.5, -0.1):
     with pytest.raises(ValueError, match="split"):
-      transforms.prefix_lm(batch, rng(), split=split)
+      causal.prefix_lm(batch, rng(), split=split)
 
 
 # Determinism: batch k is a pure function of (seed, k)
 
 
 def test_transforms_are_deterministic(batch, pairs):
-  tokens_length, targets_length = transforms.span_corruption_lengths(64)
+  tokens_length, targets_length = span.span_corruption_lengths(64)
   word_start_V = np.arange(VOCAB) % 3 == 0
   cases = [
-      (transforms.mask_tokens, batch, MLM),
-      (transforms.mask_tokens, batch, dict(whole_word=True, word_start_V=word_start_V, **MLM)),
-      (transforms.mlm_nsp, nsp_batch(pairs[1], size=64), dict(seq_len=128, **MLM)),
-      (transforms.span_corruption, full_rows(tokens_length, rows=64),
+      (masked.mask_tokens, batch, MLM),
+      (masked.mask_tokens, batch, dict(whole_word=True, word_start_V=word_start_V, **MLM)),
+      (masked.mlm_nsp, nsp_batch(pairs[1], size=64), dict(seq_len=128, **MLM)),
+      (span.span_corruption, full_rows(tokens_length, rows=64),
        dict(inputs_length=64, targets_length=targets_length, num_sentinels=NUM_SENTINELS)),
-      (transforms.prefix_lm, batch, {}),
+      (causal.prefix_lm, batch, {}),
   ]
   for fn, inputs, kwargs in cases:
     first = fn(inputs, np.random.default_rng([1, 5, 0]), **kwargs)

@@ -80,7 +80,7 @@ def _tokenizer(cfg, run_dir: str):
     raise ConfigError(f"config.init_from = {cfg.init_from!r}: {e}") from e
 
 
-def _pretrained_state(cfg, trn: trainer.Trainer, state, vocab_size: int, log):
+def start_from_pretrained(cfg, trn: trainer.Trainer, state, vocab_size: int, log):
   """The pretrained parameters in place of the task model's body (the head stays freshly initialized);
   a fresh optimizer state and step 0."""
   pre_cfg = task_config.pretrained_config(cfg.init_from)
@@ -130,7 +130,7 @@ def run(cfg) -> dict:
                             num_steps=num_steps, warmup_steps=warmup_steps, loss_terms=(TOKENS,))
   state = trn.init_state(jax.random.PRNGKey(cfg.seed))
   if cfg.init_from:
-    state = _pretrained_state(cfg, trn, state, sp.vocab_size(), log)
+    state = start_from_pretrained(cfg, trn, state, sp.vocab_size(), log)
   else:
     log.print("Training from scratch (config.init_from = None)")
   log.print(f"Model: {cfg.model.family} ({task_config.pooling(cfg) + ' pooling, ' if num_classes else ''}"

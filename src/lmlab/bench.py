@@ -1,8 +1,11 @@
-"""Throughput benchmark of the train step: python -m lmlab.bench [--steps N] [--shapes a,b].
+"""Throughput benchmark of the train step: python -m lmlab.bench [--shapes a,b] [--family F] [--steps N].
 
-Prints, per model shape, the compile time of the first step, the median step time, tokens/s, model
-GFLOP/s (6N + 12*layers*d_model*seq_len FLOPs per token) and that as a fraction of this machine's float32
-matmul peak, measured in the same run with a large jnp.dot. A benchmark, not a test: nothing is asserted.
+Times exactly what training runs: the jitted train step of train/trainer.py on a batch made by the
+objective's own transform (objectives/) from synthetic documents, for any family and objective. Prints,
+per model shape, the compile time of the first step, the median step time, tokens/s, model GFLOP/s
+(lmlab's FLOP count: 6N + 12 * layers * d_model * seq_len per token for Transformers) and that as a
+fraction of this machine's float32 matmul peak, measured in the same run with a large jnp.dot. A
+benchmark, not a test: nothing is asserted.
 """
 
 import argparse
@@ -14,12 +17,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from lmlab import config as config_lib
+from lmlab import objectives
+from lmlab.data import tokenizer
+from lmlab.objectives import span
 from lmlab.train import partitioning, trainer
 
 SHAPES = {
     # name: (layers, d_model, heads, mlp_dim, vocab, seq_len, batch)
-    "a": (4, 128, 4, 512, 65, 64, 12),
+    "a": (4, 128, 4, 512, 65, 64, 12),  # nanoGPT's Shakespeare-char scale
     "b": (6, 512, 8, 2048, 8192, 256, 16),
+    "tiny": (2, 32, 2, 64, 64, 16, 4),  # seconds: the smoke test of this code path
 }
 
 
@@ -37,28 +44,44 @@ def matmul_peak_gflops(n: int = 2048, repeats: int = 10) -> float:
   return 2 * n**3 / best / 1e9
 
 
-def bench_config(shape: str):
+def bench_config(shape: str, family: str = "decoder", objective: str | None = None, cell: str = "lstm",
+                 dtype: str = "float32"):
+  """The config of a benchmark shape for a family and objective (default: the family's first)."""
   layers, d_model, heads, mlp_dim, vocab, seq_len, batch = SHAPES[shape]
   cfg = config_lib.default_config()
-  cfg.model.num_layers, cfg.model.d_model, cfg.model.num_heads, cfg.model.mlp_dim = (
-      layers, d_model, heads, mlp_dim)
+  cfg.model.family, cfg.model.rnn_cell, cfg.model.dtype = family, cell, dtype
+  cfg.objective.name = objective or objectives.by_family()[family][0]
+  cfg.model.num_layers, cfg.model.d_model, cfg.model.num_heads, cfg.model.mlp_dim = layers, d_model, heads, mlp_dim
   cfg.data.seq_len, cfg.data.batch_size = seq_len, batch
   cfg.tokenizer.vocab_size = vocab
+  # As few sentinels as the objective needs, so that the small vocabularies keep ordinary tokens.
+  cfg.tokenizer.num_sentinels = 0
+  if cfg.objective.name == "span_corruption":
+    tokens_length, _ = span.span_corruption_lengths(seq_len)
+    cfg.tokenizer.num_sentinels = span.max_noise_spans(tokens_length)
+  cfg.optim.warmup_steps = 0
   cfg.mesh.data = 1
+  config_lib.validate(cfg, num_devices=1)
   return cfg
 
 
-def bench_shape(shape: str, steps: int) -> dict:
-  cfg = bench_config(shape)
+def synthetic_batch(cfg, seed: int = 0) -> dict:
+  """One batch made as training makes it: random documents -> the objective's rows -> its transform."""
+  rng = np.random.default_rng(seed)
+  vocab, special = cfg.tokenizer.vocab_size, tokenizer.num_special_ids(cfg.tokenizer.num_sentinels)
+  docs = [np.concatenate([[tokenizer.BOS_ID], rng.integers(special, vocab, n), [tokenizer.EOS_ID]]).astype(np.int32)
+          for n in rng.integers(cfg.data.seq_len // 2, 4 * cfg.data.seq_len, 8 * cfg.data.batch_size)]
+  data = objectives.get(cfg.objective.name).data(cfg, vocab)
+  rows = data.rows(docs)
+  batch = {key: value[:cfg.data.batch_size] for key, value in rows.items()}
+  return data.transform(batch, np.random.default_rng([seed, 0, 0]))
+
+
+def bench_shape(cfg, steps: int) -> dict:
+  """Compile time, median step time, tokens/s and model GFLOP/s of cfg's train step on one device."""
   mesh = partitioning.make_mesh((1, 1, 1), jax.devices()[:1])
-  trn = trainer.Trainer(cfg, cfg.tokenizer.vocab_size, mesh)
-  rng = np.random.default_rng(0)
-  batch = {
-      "tokens": rng.integers(0, cfg.tokenizer.vocab_size, (cfg.data.batch_size, cfg.data.seq_len), np.int32),
-      "segment_ids": np.ones((cfg.data.batch_size, cfg.data.seq_len), np.int32),
-      "positions": np.tile(np.arange(cfg.data.seq_len, dtype=np.int32), (cfg.data.batch_size, 1)),
-  }
-  batch = partitioning.global_batch(batch, mesh)
+  trn = trainer.get_trainer(cfg, cfg.tokenizer.vocab_size, mesh)
+  batch = partitioning.global_batch(synthetic_batch(cfg), mesh)
   state = trn.init_state(jax.random.PRNGKey(0))
   jax.block_until_ready(state)
   start = time.perf_counter()
@@ -73,21 +96,36 @@ def bench_shape(shape: str, steps: int) -> dict:
     times.append(time.perf_counter() - start)
   step_s = float(np.median(times))
   tokens_per_s = cfg.data.batch_size * cfg.data.seq_len / step_s
-  return {"shape": shape, "params": trn.param_count(), "compile_s": compile_s, "ms_per_step": step_s * 1e3,
-          "tokens_per_s": tokens_per_s, "gflops": tokens_per_s * trn.flops_per_token() / 1e9}
+  return {"params": trn.param_count(), "compile_s": compile_s, "ms_per_step": step_s * 1e3,
+          "tokens_per_s": tokens_per_s, "gflops": tokens_per_s * trn.flops_per_token() / 1e9,
+          "loss": float(metrics["loss"])}
 
 
-def main():
+def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--steps", type=int, default=20, help="timed steps per shape (after the first)")
   parser.add_argument("--shapes", default="a,b", help=f"comma-separated subset of {','.join(SHAPES)}")
-  args = parser.parse_args()
+  parser.add_argument("--family", default="decoder",
+                      choices=[f for f in config_lib.CHOICES["model.family"] if f != "ngram"])
+  parser.add_argument("--objective", default=None, help="default: the family's first objective")
+  parser.add_argument("--cell", default="lstm", choices=config_lib.CHOICES["model.rnn_cell"])
+  parser.add_argument("--dtype", default="float32", choices=config_lib.CHOICES["model.dtype"])
+  args = parser.parse_args(argv)
+  shapes = args.shapes.split(",")
+  unknown = [shape for shape in shapes if shape not in SHAPES]
+  if unknown:
+    parser.exit(2, f"error: unknown shape(s) {', '.join(unknown)}; --shapes takes {', '.join(SHAPES)}.\n")
+  try:
+    configs = [(shape, bench_config(shape, args.family, args.objective, args.cell, args.dtype)) for shape in shapes]
+  except config_lib.ConfigError as e:
+    parser.exit(2, f"error: {e}\n")
   peak = matmul_peak_gflops()
   print(f"machine: {platform.processor() or platform.machine()}, {jax.device_count()} {jax.default_backend()} "
         f"device(s), jax {jax.__version__}; float32 matmul peak {peak:.1f} GFLOP/s")
+  print(f"family {args.family}, objective {configs[0][1].objective.name}, {args.dtype}")
   print(f"{'shape':5} {'params':>11} {'compile s':>9} {'ms/step':>8} {'tokens/s':>9} {'GFLOP/s':>8} {'of peak':>7}")
-  for shape in args.shapes.split(","):
-    r = bench_shape(shape, args.steps)
+  for shape, cfg in configs:
+    r = bench_shape(cfg, args.steps)
     print(f"{shape:5} {r['params']:11,} {r['compile_s']:9.2f} {r['ms_per_step']:8.1f} {r['tokens_per_s']:9,.0f} "
           f"{r['gflops']:8.1f} {r['gflops'] / peak:7.1%}")
 

@@ -1,0 +1,31 @@
+"""The benchmark's code path on a tiny shape (a smoke test of the code, not of its speed): the batch comes
+from each objective's own transform and the train step is training's."""
+
+import numpy as np
+import pytest
+
+from lmlab import bench
+
+
+@pytest.mark.parametrize("family,objective", [("encoder", "mlm_nsp"), ("encoder_decoder", "span_corruption"),
+                                              ("rnn", "causal_lm")])
+def test_bench_shape_runs_every_family(family, objective):
+  cfg = bench.bench_config("tiny", family, objective)
+  batch = bench.synthetic_batch(cfg)
+  assert {"targets", "weights"} <= set(batch) and batch["weights"].sum() > 0
+  result = bench.bench_shape(cfg, steps=1)
+  assert np.isfinite(result["loss"]) and result["tokens_per_s"] > 0 and result["gflops"] > 0
+
+
+def test_bench_main_prints_the_table(capsys):
+  bench.main(["--shapes", "tiny", "--steps", "2"])
+  out = capsys.readouterr().out
+  assert "float32 matmul peak" in out and "objective causal_lm" in out
+  row = next(line for line in out.splitlines() if line.startswith("tiny"))
+  assert row.endswith("%") and len(row.split()) == 7
+
+
+def test_bench_rejects_an_unknown_shape(capsys):
+  with pytest.raises(SystemExit) as exit_:
+    bench.main(["--shapes", "c"])
+  assert exit_.value.code == 2 and "error: unknown shape(s) c" in capsys.readouterr().err

@@ -40,6 +40,7 @@ flags.DEFINE_string("input", None, "predict: a UTF-8 file with one text per line
 flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0.")
 flags.DEFINE_integer("num_processes", 1, "Multi-host: number of processes.")
 flags.DEFINE_integer("process_id", 0, "Multi-host: index of this process.")
+flags.DEFINE_bool("verbose", False, "Show the Python traceback of input errors too (also LMLAB_VERBOSE=1).")
 FLAGS = flags.FLAGS
 COMMANDS = ("train", "sample", "predict", "sweep")
 
@@ -56,7 +57,7 @@ def _init_distributed():
 
 
 def _experiment_module():
-  path = flags.FLAGS["config"].config_filename
+  path = flags.FLAGS["config"].config_filename.split(":")[0]  # without the variants ("gpt.py:size=tiny")
   spec = importlib.util.spec_from_file_location("experiment", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -128,24 +129,48 @@ def sweep(cfg):
     _run(run_cfg)
 
 
+def _one_line(error: BaseException) -> str:
+  text = str(error)
+  if isinstance(error, (AttributeError, KeyError)):  # ml_collections: "'dmodel'\nDid you mean "d_model"...?"
+    text = "no config field " + text.strip("'\"").replace("\\'", "'").replace("\\n", " ")
+  return " ".join(text.split())
+
+
+def _verbose() -> bool:
+  return os.environ.get("LMLAB_VERBOSE", "") not in ("", "0") or ("verbose" in FLAGS and FLAGS["verbose"].value)
+
+
+def _parse_flags(argv):
+  """absl's flag parsing, with a bad flag or config override (an unknown key, a wrong type) as one
+  `error:` line instead of a traceback."""
+  try:
+    return FLAGS(argv)
+  except Exception as e:  # absl and ml_collections raise many types for a bad command line
+    if _verbose():
+      raise
+    sys.exit(f"error: bad command line: {_one_line(e)} (python launch.py --helpfull lists the flags)")
+
+
 def main(argv):
-  if len(argv) > 2 or (len(argv) == 2 and argv[1] not in COMMANDS):
-    raise app.UsageError(f"Unknown command {' '.join(argv[1:])!r}; commands are {', '.join(COMMANDS)}.")
-  command = argv[1] if len(argv) == 2 else "train"
   logging.set_verbosity(logging.ERROR)  # orbax logs every save; TFDS warns about its own internals
   from lmlab import errors
-  _init_distributed()
   try:
+    if len(argv) > 2 or (len(argv) == 2 and argv[1] not in COMMANDS):
+      raise app.UsageError(f"Unknown command {' '.join(argv[1:])!r}; commands are {', '.join(COMMANDS)}.")
+    command = argv[1] if len(argv) == 2 else "train"
+    _init_distributed()
     if command == "sample":
       sample()
     elif command == "predict":
       predict()
     else:
       (sweep if command == "sweep" else train)(copy.deepcopy(FLAGS.config).unlock())
-  except errors.UserError as e:
-    sys.exit(f"error: {e}")
+  except (errors.UserError, app.UsageError) as e:
+    if _verbose():
+      raise
+    sys.exit(f"error: {_one_line(e)}")
 
 
 if __name__ == "__main__":
   sys.path.insert(0, os.path.join(HERE, "src"))
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -29,3 +29,17 @@ def test_bench_rejects_an_unknown_shape(capsys):
   with pytest.raises(SystemExit) as exit_:
     bench.main(["--shapes", "c"])
   assert exit_.value.code == 2 and "error: unknown shape(s) c" in capsys.readouterr().err
+
+
+@pytest.mark.e2e
+def test_bench_command_line():
+  """The README's command, as a user runs it (on the tiny shape)."""
+  import os
+  import subprocess
+  import sys
+
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  proc = subprocess.run([sys.executable, "-m", "lmlab.bench", "--shapes", "tiny", "--steps", "2", "--family", "rnn",
+                         "--cell", "gru"], capture_output=True, text=True, timeout=300, env=env)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "family rnn, objective causal_lm, float32" in proc.stdout and "\ntiny " in proc.stdout

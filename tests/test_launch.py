@@ -61,12 +61,16 @@ def test_sample_command_is_reproducible(tiny_run, bbc_data_dir, compilation_cach
     (["--config.mesh.fsdp=3"], "does not fit 1 devices"),
     (["bogus"], "Unknown command 'bogus'"),
     (["sample"], "is not an lmlab work directory"),
+    (["--config.model.dmodel=3"], 'no config field \'dmodel\' Did you mean "d_model"'),
+    (["--config.data.source=text_files", "--config.data.text_glob=/nowhere/*.txt"], "matches no files"),
 ])
-def test_bad_input_fails_before_compute(args, message, tmp_path, bbc_data_dir):
+def test_bad_input_is_one_error_line_before_compute(args, message, tmp_path, bbc_data_dir):
   workdir = tmp_path / "never"
   proc = launch([*TINY, f"--workdir={workdir}", *args], bbc_data_dir, check=False)
   assert proc.returncode != 0
-  assert message in proc.stderr
+  errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+  assert len(errors) == 1 and message in errors[0], proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr
   assert not workdir.exists()
 
 

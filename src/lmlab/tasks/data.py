@@ -26,6 +26,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from lmlab.data import sources
+from lmlab.errors import DataError
 
 KINDS = {"bbc_topic": "classification", "bbc_headline": "generation",
          "classification_file": "classification", "generation_file": "generation"}
@@ -69,15 +70,15 @@ def subset_indices(n: int, fraction: float, seed: int, labels: np.ndarray | None
   """Sorted int64 indices of a seeded subset of range(n): max(1, round(fraction * n_c)) examples of every
   class c when `labels` are given (stratified), else max(1, round(fraction * n)) at random."""
   if not 0 < fraction <= 1:
-    raise ValueError(f"fraction = {fraction!r} is not in (0, 1].")
+    raise DataError(f"fraction = {fraction!r} is not in (0, 1].")
   if n < 0:
-    raise ValueError(f"n = {n} is negative.")
+    raise DataError(f"n = {n} is negative.")
   if labels is None:
     groups = [np.arange(n, dtype=np.int64)]
   else:
     labels = np.asarray(labels)
     if labels.shape != (n,):
-      raise ValueError(f"labels have shape {labels.shape}, expected ({n},).")
+      raise DataError(f"labels have shape {labels.shape}, expected ({n},).")
     groups = [np.flatnonzero(labels == c).astype(np.int64) for c in np.unique(labels)]
   # SeedSequence takes only non-negative integers; the modulo keeps negative seeds usable and distinct.
   rng = np.random.default_rng([seed % 2**64, _SUBSET_STREAM])
@@ -89,11 +90,11 @@ def load_task(cfg) -> TaskData:
   """The examples of config.task.name; reads only the config fields that task uses."""
   task = cfg.task
   if task.name not in KINDS:
-    raise ValueError(f"config.task.name = {task.name!r} is not one of {', '.join(KINDS)}.")
+    raise DataError(f"config.task.name = {task.name!r} is not one of {', '.join(KINDS)}.")
   fraction = task.label_fraction
   if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
-    raise ValueError(f"config.task.label_fraction = {fraction!r} is not in (0, 1]; e.g. 0.1 keeps 10% of "
-                     "the training examples, 1.0 keeps all.")
+    raise DataError(f"config.task.label_fraction = {fraction!r} is not in (0, 1]; e.g. 0.1 keeps 10% of "
+                    "the training examples, 1.0 keeps all.")
   kind = KINDS[task.name]
   if task.name in ("bbc_topic", "bbc_headline"):
     label_names, splits = _bbc_splits(cfg.data, task.name)
@@ -126,7 +127,7 @@ def _bbc_splits(data_cfg, name: str) -> tuple[tuple[str, ...], dict[str, Split]]
   if not ok or missing_splits:
     need = "a ClassLabel feature 'label'" if second == "label" else "a text feature 'title'"
     file_task = "classification_file" if second == "label" else "generation_file"
-    raise ValueError(
+    raise DataError(
         f"config.data.tfds_name = {data_cfg.tfds_name!r} is not bbc_news-like: config.task.name = {name!r} "
         f"needs a text feature 'text', {need} and splits {', '.join(_SPLITS)}; it has features "
         f"{', '.join(features)} and splits {', '.join(builder.info.splits)}. Use tfds_name 'bbc_news', or "
@@ -144,8 +145,8 @@ def _bbc_splits(data_cfg, name: str) -> tuple[tuple[str, ...], dict[str, Split]]
       pairs = [(source, title) for source, title in pairs if source and title]
       splits[split] = Split(texts=[s for s, _ in pairs], labels=None, targets=[t for _, t in pairs])
     if not splits[split]:
-      raise ValueError(f"Split {split!r} of config.data.tfds_name = {data_cfg.tfds_name!r} has no usable "
-                       f"examples for config.task.name = {name!r}.")
+      raise DataError(f"Split {split!r} of config.data.tfds_name = {data_cfg.tfds_name!r} has no usable "
+                      f"examples for config.task.name = {name!r}.")
   label_names = tuple(features["label"].names) if second == "label" else ()
   return label_names, splits
 
@@ -165,9 +166,9 @@ def _headline_source(data_cfg, text: str, title: str) -> str:
   """The article without its headline: the text after the first line, stripped."""
   lines = text.split("\n")
   if lines[0].strip() != title:
-    raise ValueError(f"config.data.tfds_name = {data_cfg.tfds_name!r}: an article's first line "
-                     f"{lines[0][:80]!r} is not its title {title[:80]!r}; bbc_headline needs the headline as "
-                     "the first line of `text`.")
+    raise DataError(f"config.data.tfds_name = {data_cfg.tfds_name!r}: an article's first line "
+                    f"{lines[0][:80]!r} is not its title {title[:80]!r}; bbc_headline needs the headline as "
+                    "the first line of `text`.")
   body = lines[1:]
   # A headline repeated at the top of the body would put the target into the input.
   while body and body[0].strip() in ("", title):
@@ -184,12 +185,12 @@ def _file_splits(task, kind: str) -> tuple[tuple[str, ...], dict[str, Split]]:
   for key, role in _FIELDS[kind]:
     column = task[key]
     if not isinstance(column, str) or not column:
-      raise ValueError(f"config.task.{key} = {column!r} must name the {role} column of the files.")
+      raise DataError(f"config.task.{key} = {column!r} must name the {role} column of the files.")
     fields.append((f"config.task.{key}", column, role))
   paths = {split: task[f"{split}_file"] for split in _SPLITS}
   if not paths["train"]:
-    raise ValueError(f"config.task.name = {task.name!r} needs config.task.train_file: a .csv (with a "
-                     f"header row) or .jsonl file with the columns {fields[0][1]!r} and {fields[1][1]!r}.")
+    raise DataError(f"config.task.name = {task.name!r} needs config.task.train_file: a .csv (with a "
+                    f"header row) or .jsonl file with the columns {fields[0][1]!r} and {fields[1][1]!r}.")
   for split, path in paths.items():
     if path:
       _check_file(f"config.task.{split}_file", path)
@@ -208,14 +209,14 @@ def _file_splits(task, kind: str) -> tuple[tuple[str, ...], dict[str, Split]]:
     if rows[split]:
       continue
     if split in carved:
-      raise ValueError(f"The {split} split is empty: no row of config.task.train_file = {paths['train']!r} "
-                       f"hashed into it. Raise config.task.{split}_percent (now {task[f'{split}_percent']}) "
-                       f"or give config.task.{split}_file.")
+      raise DataError(f"The {split} split is empty: no row of config.task.train_file = {paths['train']!r} "
+                      f"hashed into it. Raise config.task.{split}_percent (now {task[f'{split}_percent']}) "
+                      f"or give config.task.{split}_file.")
     if split == "train" and carved:
-      raise ValueError(f"The train split is empty: every row of config.task.train_file = {paths['train']!r} "
-                       f"went to {' / '.join(carved)}. Lower config.task.validation_percent / test_percent "
-                       "or add rows.")
-    raise ValueError(f"The {split} split is empty: config.task.{split}_file = {paths[split]!r} has no rows.")
+      raise DataError(f"The train split is empty: every row of config.task.train_file = {paths['train']!r} "
+                      f"went to {' / '.join(carved)}. Lower config.task.validation_percent / test_percent "
+                      "or add rows.")
+    raise DataError(f"The {split} split is empty: config.task.{split}_file = {paths[split]!r} has no rows.")
 
   texts = {split: [row[0] for row in rows[split]] for split in _SPLITS}
   if kind == "generation":
@@ -223,15 +224,15 @@ def _file_splits(task, kind: str) -> tuple[tuple[str, ...], dict[str, Split]]:
                 for split in _SPLITS}
   label_names = tuple(sorted({row[1] for row in rows["train"]}))
   if len(label_names) < 2:
-    raise ValueError(f"The train split of config.task.train_file = {paths['train']!r} has only the label "
-                     f"{label_names[0]!r} in column {fields[1][1]!r}; classification needs at least two.")
+    raise DataError(f"The train split of config.task.train_file = {paths['train']!r} has only the label "
+                    f"{label_names[0]!r} in column {fields[1][1]!r}; classification needs at least two.")
   ids = {name: i for i, name in enumerate(label_names)}
   for split in ("validation", "test"):
     for _, label, where in rows[split]:
       if label not in ids:
-        raise ValueError(f"Label {label!r} of the {split} split ({where}) never occurs in the train split, "
-                         f"whose labels are {', '.join(map(repr, label_names))}. Fix the label or add training "
-                         "rows with it.")
+        raise DataError(f"Label {label!r} of the {split} split ({where}) never occurs in the train split, "
+                        f"whose labels are {', '.join(map(repr, label_names))}. Fix the label or add training "
+                        "rows with it.")
   return label_names, {split: Split(texts=texts[split], targets=None,
                                     labels=np.array([ids[row[1]] for row in rows[split]], np.int32))
                        for split in _SPLITS}
@@ -240,11 +241,11 @@ def _file_splits(task, kind: str) -> tuple[tuple[str, ...], dict[str, Split]]:
 def _check_file(key: str, path: str) -> None:
   ext = os.path.splitext(path)[1].lower()
   if ext not in _EXTENSIONS:
-    raise ValueError(f"{key} = {path!r} has extension {ext!r}; use a .csv file (with a header row) or a "
-                     ".jsonl file (one JSON object per line).")
+    raise DataError(f"{key} = {path!r} has extension {ext!r}; use a .csv file (with a header row) or a "
+                    ".jsonl file (one JSON object per line).")
   if not os.path.isfile(os.path.expanduser(path)):
     full = os.path.abspath(os.path.expanduser(path))
-    raise ValueError(f"{key} = {path!r} does not exist (looked for {full}).")
+    raise DataError(f"{key} = {path!r} does not exist (looked for {full}).")
 
 
 def _check_percents(task, carved: list[str]) -> tuple[int, int]:
@@ -254,10 +255,10 @@ def _check_percents(task, carved: list[str]) -> tuple[int, int]:
     return vp, tp
   for key, p in (("validation_percent", vp), ("test_percent", tp)):
     if isinstance(p, bool) or not isinstance(p, int) or not 0 <= p <= 100:
-      raise ValueError(f"config.task.{key} = {p!r} is not an integer in [0, 100].")
+      raise DataError(f"config.task.{key} = {p!r} is not an integer in [0, 100].")
   # The test range starts after the validation range, so both must fit when test is carved.
   if "test" in carved and vp + tp > 100:
-    raise ValueError(f"config.task.validation_percent + test_percent = {vp} + {tp} exceeds 100.")
+    raise DataError(f"config.task.validation_percent + test_percent = {vp} + {tp} exceeds 100.")
   return vp, tp
 
 
@@ -281,12 +282,12 @@ def _read_rows(where: str, path: str, fields: list[tuple[str, str, str]]) -> Ite
         value = record[column]
         value = "" if value is None else str(value).strip()
         if not value:
-          raise ValueError(f"{where}, line {line}: the {role} (column {column!r}, {key}) is empty; every "
-                           "row needs one.")
+          raise DataError(f"{where}, line {line}: the {role} (column {column!r}, {key}) is empty; every "
+                          "row needs one.")
         values.append(value)
       yield values[0], values[1], f"{where}, line {line}"
   except UnicodeDecodeError as e:
-    raise ValueError(f"{where} is not UTF-8 ({e.reason} at byte {e.start}); save it as UTF-8.") from e
+    raise DataError(f"{where} is not UTF-8 ({e.reason} at byte {e.start}); save it as UTF-8.") from e
 
 
 def _csv_records(where: str, path: str, fields: list[tuple[str, str, str]]) -> Iterator[tuple[int, dict]]:
@@ -297,16 +298,16 @@ def _csv_records(where: str, path: str, fields: list[tuple[str, str, str]]) -> I
     try:
       header = reader.fieldnames
       if not header:
-        raise ValueError(f"{where} is empty; a CSV file needs a header row naming its columns "
-                         f"({', '.join(column for _, column, _ in fields)}).")
+        raise DataError(f"{where} is empty; a CSV file needs a header row naming its columns "
+                        f"({', '.join(column for _, column, _ in fields)}).")
       for key, column, _ in fields:
         if column not in header:
-          raise ValueError(f"{where} has no column {column!r} ({key}); its header row has "
-                           f"{', '.join(map(repr, header))}. Set {key} to the right column or add a header row.")
+          raise DataError(f"{where} has no column {column!r} ({key}); its header row has "
+                          f"{', '.join(map(repr, header))}. Set {key} to the right column or add a header row.")
       for record in reader:
         yield reader.line_num, record
     except csv.Error as e:
-      raise ValueError(f"{where}, line {reader.line_num}: not valid CSV ({e}).") from e
+      raise DataError(f"{where}, line {reader.line_num}: not valid CSV ({e}).") from e
 
 
 def _jsonl_records(where: str, path: str, fields: list[tuple[str, str, str]]) -> Iterator[tuple[int, dict]]:
@@ -317,13 +318,13 @@ def _jsonl_records(where: str, path: str, fields: list[tuple[str, str, str]]) ->
       try:
         record = json.loads(text)
       except json.JSONDecodeError as e:
-        raise ValueError(f"{where}, line {line}: not valid JSON ({e.msg}); each line must be one JSON "
-                         "object.") from e
+        raise DataError(f"{where}, line {line}: not valid JSON ({e.msg}); each line must be one JSON "
+                        "object.") from e
       if not isinstance(record, dict):
-        raise ValueError(f"{where}, line {line}: a JSON {type(record).__name__}, not an object; each line "
-                         f"must be one JSON object with the keys {', '.join(repr(c) for _, c, _ in fields)}.")
+        raise DataError(f"{where}, line {line}: a JSON {type(record).__name__}, not an object; each line "
+                        f"must be one JSON object with the keys {', '.join(repr(c) for _, c, _ in fields)}.")
       for key, column, _ in fields:
         if column not in record:
-          raise ValueError(f"{where}, line {line} has no key {column!r} ({key}); its keys are "
-                           f"{', '.join(map(repr, record)) or 'none'}. Set {key} to the right key.")
+          raise DataError(f"{where}, line {line} has no key {column!r} ({key}); its keys are "
+                          f"{', '.join(map(repr, record)) or 'none'}. Set {key} to the right key.")
       yield line, record

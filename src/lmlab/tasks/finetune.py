@@ -16,7 +16,7 @@ import jax
 
 from lmlab import config as config_lib
 from lmlab import models
-from lmlab.data import tokenizer
+from lmlab.data import sources, tokenizer
 from lmlab.errors import ConfigError
 from lmlab.objectives.base import TOKENS
 from lmlab.tasks import baseline, data, evaluators, inputs
@@ -104,6 +104,8 @@ def run(cfg) -> dict:
     task = data.load_task(cfg)
   except ValueError as e:  # bad task data: one clear error, as for the config itself
     raise ConfigError(str(e)) from e
+  if not cfg.init_from and not cfg.finetune.baseline:
+    sources.check(cfg.data)  # a from-scratch run trains its tokenizer on cfg.data's corpus
   num_steps, warmup_steps = schedule_steps(cfg, len(task.train))
   metric_name, mode = task_config.metric(cfg)
   run_dir = _prepare_workdir(cfg, task)

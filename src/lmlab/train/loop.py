@@ -19,6 +19,7 @@ def train_and_evaluate(cfg) -> dict:
   # --- Config and mesh: every check before any compute.
   config_lib.validate(cfg, jax.device_count(), jax.process_count())
   mesh = partitioning.make_mesh(config_lib.mesh_shape(cfg, jax.device_count()))
+  sources.check(cfg.data)  # a bad data source fails before the work directory exists
   run_dir = workdir.prepare(cfg)
   log = logger.MetricsLogger(run_dir, cfg.train.num_steps, cfg.data.batch_size * cfg.data.seq_len)
   log.print(f"Work directory: {os.path.abspath(run_dir)}")

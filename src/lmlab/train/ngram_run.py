@@ -19,6 +19,7 @@ def run(cfg) -> dict:
   config_lib.validate(cfg, jax.device_count(), jax.process_count())
   if jax.process_count() > 1:
     raise ConfigError("config.model.family = 'ngram' runs in one process; drop --num_processes.")
+  sources.check(cfg.data)
   run_dir = workdir.prepare(cfg)
   log = logger.MetricsLogger(run_dir, 0, 0)
   log.print(f"Work directory: {os.path.abspath(run_dir)}")

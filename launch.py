@@ -17,6 +17,7 @@ import copy
 import importlib.util
 import os
 import sys
+import traceback
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -165,10 +166,27 @@ def main(argv):
       predict()
     else:
       (sweep if command == "sweep" else train)(copy.deepcopy(FLAGS.config).unlock())
-  except (errors.UserError, app.UsageError) as e:
+  except (errors.UserError, app.UsageError, errors.RunStopped) as e:
     if _verbose():
-      raise
-    sys.exit(f"error: {_one_line(e)}")
+      traceback.print_exc()
+    print(f"error: {_one_line(e)}", file=sys.stderr)
+    _exit(getattr(e, "exit_code", 1))
+  except BaseException:  # a bug: the traceback, then the same prompt exit
+    traceback.print_exc()
+    _exit(1)
+  _exit(0)
+
+
+def _exit(code: int) -> None:
+  """Ends the process now. Background threads (orbax's asynchronous saves) must not keep a failed run
+  alive at interpreter shutdown: a worker that hangs after an error would hold its sweep slot or cluster
+  allocation forever. Every save this process meant to keep has been waited for by then."""
+  if code == 0 and FLAGS.num_processes > 1:
+    import jax
+    jax.distributed.shutdown()  # the others may still be leaving the coordination service
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(code)
 
 
 if __name__ == "__main__":

@@ -74,23 +74,26 @@ def test_bad_input_is_one_error_line_before_compute(args, message, tmp_path, bbc
   assert not workdir.exists()
 
 
-def test_damaged_checkpoint_is_one_error_line(tiny_run, tmp_path, bbc_data_dir, compilation_cache):
+def test_no_intact_checkpoint_is_one_error_line(tiny_run, tmp_path, bbc_data_dir, compilation_cache):
   workdir, _ = tiny_run
   damaged = str(tmp_path / "damaged")
   shutil.copytree(workdir, damaged)
-  for folder, _, names in os.walk(os.path.join(damaged, "checkpoints", "20", "state")):
-    for name in names:  # flip bytes in the middle of every array-data file
-      path = os.path.join(folder, name)
-      if os.path.basename(folder) == "d":
-        data = bytearray(open(path, "rb").read())
-        mid = len(data) // 2
-        data[mid:mid + 64] = bytes(b ^ 0xFF for b in data[mid:mid + 64])
-        open(path, "wb").write(bytes(data))
+  for step in ("10", "20"):
+    for folder, _, names in os.walk(os.path.join(damaged, "checkpoints", step, "state")):
+      for name in names:  # flip bytes in the middle of every array-data file
+        path = os.path.join(folder, name)
+        if os.path.basename(folder) == "d":
+          data = bytearray(open(path, "rb").read())
+          mid = len(data) // 2
+          data[mid:mid + 64] = bytes(b ^ 0xFF for b in data[mid:mid + 64])
+          open(path, "wb").write(bytes(data))
   proc = launch([*TINY, f"--workdir={damaged}"], bbc_data_dir, check=False, cache_dir=compilation_cache)
   assert proc.returncode != 0
-  assert "error: Cannot restore the checkpoint" in proc.stderr and "checkpoints/20" in proc.stderr
+  errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+  assert len(errors) == 1 and "No intact checkpoint is left" in errors[0], proc.stderr[-2000:]
+  assert proc.stdout.count("warning: ") == 2 and "checkpoints/20" in proc.stdout
   assert "Event loop is closed" not in proc.stderr and "Traceback" not in proc.stderr
-  assert sorted(os.listdir(os.path.join(damaged, "checkpoints"))) == ["10", "20"]  # nothing deleted
+  assert sorted(os.listdir(os.path.join(damaged, "damaged_checkpoints"))) == ["10", "20"]  # nothing deleted
 
 
 def test_finetune_and_predict_commands(tiny_run, tmp_path, bbc_data_dir, compilation_cache):
@@ -131,3 +134,47 @@ def test_two_processes_train_like_one_process_with_two_devices(tiny_run, tmp_pat
   assert got[20] < got[1] - 0.5
   with open(os.path.join(workdir, "metrics.json")) as f, open(os.path.join(tiny_run[0], "metrics.json")) as g:
     assert json.load(f)["validation"]["loss"] == pytest.approx(json.load(g)["validation"]["loss"], rel=2e-2)
+
+
+def start(args, data_dir, cache_dir):
+  env = dict(os.environ, TFDS_DATA_DIR=data_dir, XLA_FLAGS="--xla_force_host_platform_device_count=1",
+             JAX_COMPILATION_CACHE_DIR=cache_dir, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+  return subprocess.Popen([sys.executable, os.path.join(ROOT, "launch.py"), *args], env=env, cwd=ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_step(workdir, step, proc, timeout=300):
+  """Blocks until the run's metrics.jsonl has reached `step` (or the process ended)."""
+  import time
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline and proc.poll() is None:
+    if os.path.exists(os.path.join(workdir, "metrics.jsonl")) and max(train_losses(workdir) or [0]) >= step:
+      return
+    time.sleep(0.2)
+  raise AssertionError(f"the run did not reach step {step}: {proc.poll()}")
+
+
+def test_sigterm_saves_and_a_kill_9_leaves_no_lock_and_the_reruns_end_identical(tmp_path, bbc_data_dir,
+                                                                                compilation_cache):
+  args = [*TINY, "--config.train.num_steps=300", "--config.train.checkpoint_every=50",
+          "--config.train.eval_every=0"]
+  straight = str(tmp_path / "straight")
+  launch([*args, f"--workdir={straight}"], bbc_data_dir, cache_dir=compilation_cache)
+  workdir = str(tmp_path / "stopped")
+  run = [*args, f"--workdir={workdir}"]
+  # SIGTERM mid-run: a checkpoint at the next step boundary, one error line, exit status 128 + 15.
+  proc = start(run, bbc_data_dir, compilation_cache)
+  wait_for_step(workdir, 60, proc)
+  proc.send_signal(15)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 143, err[-2000:]
+  stopped_at = int(err.split("stopped by SIGTERM at step ")[1].split(":")[0])
+  assert str(stopped_at) in os.listdir(os.path.join(workdir, "checkpoints"))
+  # kill -9 mid-run: the kernel drops the work-directory lock, so the rerun starts at once and resumes.
+  proc = start(run, bbc_data_dir, compilation_cache)
+  wait_for_step(workdir, stopped_at + 80, proc)
+  proc.kill()
+  proc.wait(timeout=60)
+  stdout = launch(run, bbc_data_dir, cache_dir=compilation_cache).stdout
+  assert "Resumed from step" in stdout
+  assert train_losses(workdir) == train_losses(straight)  # bitwise, over both interruptions

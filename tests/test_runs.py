@@ -11,10 +11,11 @@ import pytest
 from launching import capture, experiment_config
 from lmlab.data import bbc_news
 from lmlab.decode.complete import sample_workdir
-from lmlab.errors import CheckpointError, ConfigError
+from lmlab.errors import CheckpointError, ConfigError, Diverged, UserError
 from lmlab.tasks import finetune
 from lmlab.tasks.predict import predict_workdir
 from lmlab.train import loop, ngram_run
+from lmlab.train.workdir import lock
 
 
 def train_losses(workdir):
@@ -96,9 +97,8 @@ def test_resuming_with_another_model_is_refused(gpt_run, bbc_data_dir):
     pretrain("gpt.py:size=tiny", workdir, bbc_data_dir, **{"model.d_model": 32}, **MESH)
 
 
-def test_damaged_checkpoint_is_reported_and_kept(gpt_run, tmp_path, bbc_data_dir):
-  damaged = interrupted_copy(gpt_run[0], tmp_path / "damaged", step=20)
-  for folder, _, names in os.walk(os.path.join(damaged, "checkpoints", "20", "state")):
+def damage(checkpoint_dir):
+  for folder, _, names in os.walk(os.path.join(checkpoint_dir, "state")):
     for name in names:  # flip bytes in the middle of every array-data file
       if os.path.basename(folder) == "d":
         path = os.path.join(folder, name)
@@ -106,9 +106,40 @@ def test_damaged_checkpoint_is_reported_and_kept(gpt_run, tmp_path, bbc_data_dir
         mid = len(data) // 2
         data[mid:mid + 64] = bytes(b ^ 0xFF for b in data[mid:mid + 64])
         open(path, "wb").write(bytes(data))
-  with pytest.raises(CheckpointError, match=r"Cannot restore the checkpoint .*checkpoints/20"):
+
+
+def test_a_damaged_latest_checkpoint_is_kept_and_the_previous_one_resumes(gpt_run, tmp_path, bbc_data_dir):
+  damaged = interrupted_copy(gpt_run[0], tmp_path / "damaged", step=20)
+  damage(os.path.join(damaged, "checkpoints", "20"))
+  _, stdout = pretrain("gpt.py:size=tiny", damaged, bbc_data_dir, **{"train.log_every": 1}, **MESH)
+  warning = next(line for line in stdout.splitlines() if line.startswith("warning: "))
+  assert "checkpoints/20" in warning and "trying the previous one" in warning
+  assert "Resumed from step 10" in stdout
+  assert os.listdir(os.path.join(damaged, "damaged_checkpoints")) == ["20"]  # kept, never deleted
+  assert train_losses(damaged) == train_losses(gpt_run[0])  # and the run ends as the uninterrupted one
+
+
+def test_no_intact_checkpoint_is_one_error(gpt_run, tmp_path, bbc_data_dir):
+  damaged = interrupted_copy(gpt_run[0], tmp_path / "damaged", step=10)
+  damage(os.path.join(damaged, "checkpoints", "10"))
+  with pytest.raises(CheckpointError, match=r"No intact checkpoint is left"):
     pretrain("gpt.py:size=tiny", damaged, bbc_data_dir, **MESH)
-  assert sorted(os.listdir(os.path.join(damaged, "checkpoints"))) == ["10", "20"]  # nothing deleted
+  assert os.listdir(os.path.join(damaged, "damaged_checkpoints")) == ["10"]
+
+
+def test_a_diverging_run_stops_and_saves_nothing_after_the_divergence(tmp_path, bbc_data_dir):
+  workdir = tmp_path / "nan"
+  with pytest.raises(Diverged, match=r"became NaN or infinite between steps \d+ and \d+; nothing after step 0"):
+    pretrain("gpt.py:size=tiny", workdir, bbc_data_dir, **{"optim.lr": 1e12, "optim.grad_clip": 0.0}, **MESH)
+  assert not os.listdir(workdir / "checkpoints") and not (workdir / "metrics.json").exists()
+
+
+def test_a_second_run_in_a_live_work_directory_is_refused(gpt_run, bbc_data_dir):
+  workdir, _ = gpt_run
+  with lock(workdir):  # as another live run would hold it
+    with pytest.raises(UserError, match=rf"{workdir} is in use: pid {os.getpid()} on host "):
+      pretrain("gpt.py:size=tiny", workdir, bbc_data_dir, **MESH)
+  assert sample_workdir(workdir, ["The"])  # reading needs no lock
 
 
 def test_sampling_is_reproducible(gpt_run):

@@ -50,16 +50,11 @@ def default_workdir(cfg) -> str:
   return os.path.join("runs", name)
 
 
-def _prepare_workdir(cfg, task: data.TaskData) -> str:
-  run_dir = cfg.workdir or default_workdir(cfg)
+def _check_new(run_dir: str) -> None:
   ckpt_dir = os.path.join(run_dir, "checkpoints")
   if os.path.exists(os.path.join(run_dir, "metrics.json")) or (os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir)):
     raise ConfigError(f"{run_dir} already holds a fine-tuning run (fine-tuning does not resume: runs are short "
                       "and their best checkpoint is final). Use a new --workdir, or delete that one.")
-  workdir.prepare(cfg, run_dir, frozen=())
-  workdir.write_json(run_dir, "task.json",
-                     {"name": task.name, "kind": task.kind, "label_names": list(task.label_names)})
-  return run_dir
 
 
 def _tokenizer(cfg, run_dir: str):
@@ -107,8 +102,18 @@ def run(cfg) -> dict:
   if not cfg.init_from and not cfg.finetune.baseline:
     sources.check(cfg.data)  # a from-scratch run trains its tokenizer on cfg.data's corpus
   num_steps, warmup_steps = schedule_steps(cfg, len(task.train))
+  run_dir = cfg.workdir or default_workdir(cfg)
+  _check_new(run_dir)
+  with workdir.run_in(cfg, run_dir, frozen=()) as run_dir:
+    _check_new(run_dir)  # again under the lock: another run may have started there meanwhile
+    workdir.write_json(run_dir, "task.json",
+                       {"name": task.name, "kind": task.kind, "label_names": list(task.label_names)})
+    return _finetune(cfg, task, run_dir, num_steps, warmup_steps, start_time)
+
+
+def _finetune(cfg, task: data.TaskData, run_dir: str, num_steps: int, warmup_steps: int, start_time: float
+              ) -> dict:
   metric_name, mode = task_config.metric(cfg)
-  run_dir = _prepare_workdir(cfg, task)
   log = logger.MetricsLogger(run_dir, num_steps, cfg.data.batch_size * cfg.data.seq_len)
   log.print(f"Work directory: {os.path.abspath(run_dir)}")
   log.print(f"Task {task.name} ({task.kind}): {len(task.train):,} train examples (label fraction "

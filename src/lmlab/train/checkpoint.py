@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from lmlab.errors import CheckpointError
 
@@ -97,6 +98,33 @@ def restore(manager: ocp.CheckpointManager, abstract_state, step: int | None = N
         f"({found} != {record['fingerprint']}). Move that step directory away to resume from an earlier "
         "checkpoint.")
   return state, record
+
+
+def restore_latest_intact(workdir: str, keep: int, abstract_state, log):
+  """(state of the newest intact checkpoint or None if there is no checkpoint, its manager).
+
+  A damaged or unreadable checkpoint is reported by log.print, moved whole to workdir/damaged_checkpoints
+  (kept, never deleted) and the previous one is tried; CheckpointError if none is intact."""
+  manager = make_manager(workdir, keep)
+  quarantine = os.path.join(os.path.abspath(workdir), "damaged_checkpoints")
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      state, _ = restore(manager, abstract_state, step)
+      return state, manager
+    except CheckpointError as e:
+      log.print(f"warning: {' '.join(str(e).split())} It is moved to {quarantine}; trying the previous one.")
+      manager.close()
+      if jax.process_index() == 0:
+        os.makedirs(quarantine, exist_ok=True)
+        os.replace(os.path.join(str(manager.directory), str(step)), os.path.join(quarantine, str(step)))
+      if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(f"quarantined checkpoint {step}")
+      manager = make_manager(workdir, keep)  # a fresh list of steps
+  if os.path.isdir(quarantine) and os.listdir(quarantine):
+    manager.close()
+    raise CheckpointError(f"No intact checkpoint is left in {manager.directory} (the damaged ones are kept in "
+                          f"{quarantine}); use a new --workdir to start over.")
+  return None, manager
 
 
 def restore_params(run_dir: str, abstract_state, step: int | None = None, keep: int = 1):

@@ -1,26 +1,37 @@
-"""The pretraining run: config -> data -> model and state -> train loop -> checkpoints, metrics, samples."""
+"""The pretraining run: config -> data -> model and state -> train loop -> checkpoints, metrics, samples.
+
+The loop stops early, with one clear message, on a signal (state saved at the next step boundary) or on a
+non-finite loss or gradient norm (nothing saved after the last finite step).
+"""
 
 import os
 import time
 
 import jax
+import numpy as np
+from jax.experimental import multihost_utils
 
 from lmlab import config as config_lib
 from lmlab import objectives
 from lmlab.data import pipeline, sources
 from lmlab.decode import complete
-from lmlab.train import checkpoint, logger, partitioning, trainer, workdir
+from lmlab.errors import Diverged, Interrupted
+from lmlab.train import checkpoint, logger, partitioning, signals, trainer, workdir
 from lmlab.train.evaluate import describe, evaluate
 
 
 def train_and_evaluate(cfg) -> dict:
   """Runs (or resumes) pretraining in cfg.workdir and returns the summary written to metrics.json."""
   start_time = time.perf_counter()
-  # --- Config and mesh: every check before any compute.
+  # --- Config, mesh and data source: every check before any compute or any file is written.
   config_lib.validate(cfg, jax.device_count(), jax.process_count())
   mesh = partitioning.make_mesh(config_lib.mesh_shape(cfg, jax.device_count()))
-  sources.check(cfg.data)  # a bad data source fails before the work directory exists
-  run_dir = workdir.prepare(cfg)
+  sources.check(cfg.data)
+  with workdir.run_in(cfg) as run_dir, signals.StopRequests() as stop:
+    return _train(cfg, run_dir, mesh, stop, start_time)
+
+
+def _train(cfg, run_dir: str, mesh, stop: signals.StopRequests, start_time: float) -> dict:
   log = logger.MetricsLogger(run_dir, cfg.train.num_steps, cfg.data.batch_size * cfg.data.seq_len)
   log.print(f"Work directory: {os.path.abspath(run_dir)}")
   log.print(f"Mesh {dict(mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} devices, "
@@ -41,9 +52,8 @@ def train_and_evaluate(cfg) -> dict:
   # --- Model, optimizer and sharded state; resume from the latest checkpoint if there is one.
   trn = trainer.get_trainer(cfg, sp.vocab_size(), mesh)
   log.print(f"Model: {trn.param_count():,} parameters, {trn.flops_per_token() / 1e6:.1f} MFLOP/token")
-  manager = checkpoint.make_manager(run_dir, cfg.train.keep_checkpoints)
-  if manager.latest_step() is not None:
-    state, _ = checkpoint.restore(manager, trn.abstract_state)
+  state, manager = checkpoint.restore_latest_intact(run_dir, cfg.train.keep_checkpoints, trn.abstract_state, log)
+  if state is not None:
     log.print(f"Resumed from step {int(state.step)}")
   else:
     state = trn.init_state(jax.random.PRNGKey(cfg.seed))
@@ -56,32 +66,62 @@ def train_and_evaluate(cfg) -> dict:
   terms = objective.loss_terms(cfg)
   evaluate_now = lambda params: evaluate(trn, params, eval_list, terms, cfg.train.eval_batches)
 
-  # --- Train loop. Metrics of a log step are pulled to the host after the next step is dispatched.
+  # --- Train loop. Metrics of a log step are pulled to the host after the next step is dispatched; a
+  # device-side flag says whether every loss and gradient norm so far was finite, read at log steps and
+  # before every save (no extra host sync per step).
   record = {"name": cfg.name}
-  pending = None
+  pending = None  # (step, metrics, finite flag at that step)
+  finite, checked = trn.all_finite(), start_step  # checked: the last step known to be finite
+
+  def flush():
+    nonlocal pending
+    if pending is not None:
+      log.train_progress(*pending[:2])
+      verify(pending[0], pending[2])
+      pending = None
+
+  def verify(step, flag):
+    nonlocal checked
+    if not bool(flag):
+      saved = manager.latest_step()
+      raise Diverged(f"training diverged: a loss or gradient norm became NaN or infinite between steps "
+                     f"{checked + 1} and {step}; nothing after step {checked} was saved (latest checkpoint: "
+                     f"{saved}). Lower config.optim.lr, keep config.optim.grad_clip > 0, or check the data.")
+    checked = step
+
+  def save(step):
+    flush()
+    verify(step, finite)
+    checkpoint.save(manager, state, record)
+
   log.start(start_step)
   for step in range(start_step + 1, cfg.train.num_steps + 1):
     state, metrics = trn.train_step(state, partitioning.global_batch(next(train_iter), mesh))
-    if pending is not None:
-      log.train_progress(*pending)
-      pending = None
+    finite = trn.still_finite(finite, metrics)
+    flush()
     if step % cfg.train.log_every == 0 or step == cfg.train.num_steps:
-      pending = (step, metrics)
+      pending = (step, metrics, finite)
     if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step != cfg.train.num_steps:
-      if pending is not None:
-        log.train_progress(*pending)
-        pending = None
+      flush()
+      verify(step, finite)
       result = evaluate_now(state.params)
       log.write(step, result, "eval")
       log.print(f"eval at step {step}: {describe(result)}")
       log.start(step)
     if step % cfg.train.checkpoint_every == 0 and step != cfg.train.num_steps:
-      checkpoint.save(manager, state, record)
-  if pending is not None:
-    log.train_progress(*pending)
+      save(step)
+    if _stop_requested(stop, step, cfg.train.log_every) and step != cfg.train.num_steps:
+      if manager.latest_step() != step:
+        save(step)
+      manager.wait_until_finished()
+      manager.close()
+      log.close()
+      raise Interrupted(f"stopped by {stop.name or 'a signal'} at step {step}: saved checkpoint {step} in "
+                        f"{run_dir}; run the same command to resume.", stop.signum or 15)
+  flush()
   final_step = int(jax.device_get(state.step))
   if manager.latest_step() != final_step:
-    checkpoint.save(manager, state, record)
+    save(final_step)
 
   # --- Final evaluation, metrics.json and samples.
   result = evaluate_now(state.params)
@@ -97,3 +137,15 @@ def train_and_evaluate(cfg) -> dict:
   workdir.write_json(run_dir, "metrics.json", summary)
   log.close()
   return summary
+
+
+def _stop_requested(stop: signals.StopRequests, step: int, every: int) -> bool:
+  """Whether a signal asked this run to stop; with several processes, whether any process got one (they
+  agree every `every` steps, so that all of them save the same step)."""
+  if jax.process_count() == 1:
+    return stop.signum is not None
+  if step % every:
+    return False
+  signums = multihost_utils.process_allgather(np.int32(stop.signum or 0))
+  stop.signum = stop.signum or int(np.max(signums)) or None
+  return stop.signum is not None

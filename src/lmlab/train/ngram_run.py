@@ -20,7 +20,11 @@ def run(cfg) -> dict:
   if jax.process_count() > 1:
     raise ConfigError("config.model.family = 'ngram' runs in one process; drop --num_processes.")
   sources.check(cfg.data)
-  run_dir = workdir.prepare(cfg)
+  with workdir.run_in(cfg) as run_dir:
+    return _fit_and_score(cfg, run_dir, start_time)
+
+
+def _fit_and_score(cfg, run_dir: str, start_time: float) -> dict:
   log = logger.MetricsLogger(run_dir, 0, 0)
   log.print(f"Work directory: {os.path.abspath(run_dir)}")
   sp = workdir.load_tokenizer(cfg, run_dir)

@@ -19,7 +19,8 @@ _NOT_COMPILED = ("workdir", "name", "sample", "mesh", "init_from", "task", "fine
                  "data.tfds_name", "data.tfds_data_dir", "data.text_key", "data.tfds_download",
                  "data.tfds_manual_dir", "data.train_split", "data.eval_split", "data.text_glob",
                  "data.text_unit", "data.text_eval_percent", "data.prefetch", "train.log_every",
-                 "train.eval_every", "train.eval_batches", "train.checkpoint_every", "train.keep_checkpoints")
+                 "train.eval_every", "train.eval_batches", "train.checkpoint_every", "train.keep_checkpoints",
+                 "train.lock_wait_s")
 
 
 class Trainer:
@@ -78,6 +79,11 @@ class Trainer:
     # The model's outputs (logits, ...) on a batch: classification and decoding read them directly.
     self.outputs = jax.jit(lambda params, batch: models.apply(self.model, {"params": params}, batch),
                            in_shardings=(self.state_sharding.params, batch_sharding), out_shardings=replicated)
+    # A device-side flag: every loss and gradient norm so far was finite (see train/loop.py).
+    self.all_finite = lambda: jax.device_put(jnp.array(True), replicated)
+    self.still_finite = jax.jit(
+        lambda ok, metrics: ok & jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"]),
+        out_shardings=replicated)
     self.fresh_state = jax.jit(
         lambda params: step.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=self.tx.init(params)),
         out_shardings=self.state_sharding)

@@ -13,6 +13,7 @@ import pytest
 from lmlab import config as config_lib
 from lmlab import models
 from lmlab.config import ConfigError
+from lmlab.errors import DataError
 from lmlab.data import tokenizer
 from lmlab.models import heads
 from lmlab.tasks import config as task_config
@@ -316,3 +317,17 @@ def test_report_averages_seeds_per_system_and_fraction(tmp_path):
   assert "decoder/causal_lm from gpt_small | 0.500" in text and "decoder/causal_lm from scratch | - | 0.700" in text
   report.plot(fractions, cells, "accuracy", str(tmp_path / "curve.png"))
   assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_task_the_tokenizer_cannot_read_stops_with_the_fix(tmp_path, bbc_data_dir):
+  """Chinese reviews against the English corpus's tokenizer: almost every token would be <unk>."""
+  cfg = toy_config(tmp_path, bbc_data_dir)
+  reviews = ["这部电影非常好看，演员表演出色", "服务太差了，再也不来了", "质量很好，物流也快", "完全不值这个价格"]
+  for split in ("train", "validation", "test"):
+    path = tmp_path / f"{split}_zh.jsonl"
+    path.write_text("".join(json.dumps({"text": t, "label": ["good", "bad"][i % 2]}) + "\n"
+                            for i, t in enumerate(reviews * 3)), encoding="utf-8")
+    cfg.task[f"{split}_file"] = str(path)
+  with pytest.raises(DataError, match=r"% of the tokens of the task's training texts are unknown .*config\.data"):
+    finetune.run(cfg)
+  assert not os.path.exists(tmp_path / "run" / "checkpoints")

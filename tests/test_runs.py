@@ -11,7 +11,7 @@ import pytest
 from launching import capture, experiment_config
 from lmlab.data import bbc_news
 from lmlab.decode.complete import sample_workdir
-from lmlab.errors import CheckpointError, ConfigError, Diverged, UserError
+from lmlab.errors import CheckpointError, ConfigError, DataError, Diverged, UserError
 from lmlab.tasks import finetune
 from lmlab.tasks.predict import predict_workdir
 from lmlab.train import loop, ngram_run
@@ -203,3 +203,19 @@ def test_finetuning_refuses_another_tokenizer(gpt_run, tmp_path, bbc_data_dir):
   with pytest.raises(ConfigError, match="does not match the pretraining run"):
     finetune.run(finetune_config(tmp_path / "x", bbc_data_dir, gpt_run[0], size="small"))
   assert not (tmp_path / "x").exists()
+
+
+def test_data_the_tokenizer_cannot_read_stops_before_training(gpt_run, tmp_path, bbc_data_dir):
+  """Chinese text files with the English corpus's tokenizer (copied in, as a reused work directory would
+  have it): the run stops at once with the unknown-token rate and the fix."""
+  corpus = tmp_path / "corpus"
+  corpus.mkdir()
+  for i in range(40):
+    (corpus / f"{i}.txt").write_text("这部电影非常好看，演员表演出色。服务太差了，再也不来了。" * (i + 1), encoding="utf-8")
+  workdir = tmp_path / "zh"
+  workdir.mkdir()
+  shutil.copy(os.path.join(gpt_run[0], "tokenizer.model"), workdir / "tokenizer.model")
+  with pytest.raises(DataError, match=r"% of the tokens of the training split are unknown to the tokenizer"):
+    pretrain("gpt.py:size=tiny", workdir, bbc_data_dir, **{"data.source": "text_files",
+                                                           "data.text_glob": str(corpus / "*.txt")}, **MESH)
+  assert not (workdir / "checkpoints").exists()

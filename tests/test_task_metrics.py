@@ -3,6 +3,7 @@ TF-IDF + linear SVM baseline (toy separable tasks, C selection, score layout).""
 
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -175,3 +176,19 @@ def test_class_scores_two_classes_and_absent_class():
   assert scores.shape == (10, 2)
   np.testing.assert_allclose(scores[:, 0], -scores[:, 1])
   np.testing.assert_array_equal(np.argmax(scores, axis=1), test[1])
+
+
+@pytest.mark.parametrize("num_classes", [2, 3])
+def test_the_baseline_round_trips_without_pickle(num_classes, tmp_path):
+  texts = ["goal match striker", "bank shares profit", "album guitar tour", "keeper league cup",
+           "market bank rates", "band album singer"]
+  labels = np.arange(6) % num_classes
+  pipeline, _ = baseline.fit_tfidf_svm(texts, labels, texts, labels, seed=0)
+  baseline.LinearTextModel.from_pipeline(pipeline).save(str(tmp_path))
+  assert sorted(os.listdir(tmp_path)) == [baseline.MODEL_JSON, baseline.MODEL_ARRAYS]
+  loaded = baseline.LinearTextModel.load(str(tmp_path))
+  queries = ["the striker scored in the cup", "bank profit", "a new album", "unseen words only"]
+  np.testing.assert_allclose(baseline.class_scores(loaded, queries, num_classes),
+                             baseline.class_scores(pipeline, queries, num_classes), rtol=1e-12)
+  with open(tmp_path / baseline.MODEL_ARRAYS, "rb") as f:
+    assert b"pickle" not in f.read()  # plain arrays (np.load refuses object arrays without allow_pickle)

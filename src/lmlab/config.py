@@ -67,6 +67,9 @@ def default_config() -> ConfigDict:
   d.batch_size = 32
   # Batches that tf.data prepares ahead of the train step.
   d.prefetch = 2
+  # Stop before training when more than this fraction of the training tokens are <unk>: the tokenizer
+  # does not fit the data (another script, binary files) and the run would train on nothing.
+  d.max_unknown_rate = 0.05
 
   c.tokenizer = t = ConfigDict()
   # Sentencepiece vocabulary size (ids 0-3 are pad, unk, bos, eos).
@@ -351,6 +354,8 @@ def validate(cfg: ConfigDict, num_devices: int | None = None, process_count: int
                       f"= {cfg.tokenizer.num_sentinels} sentinels); use at least {reserved + 8}.")
   if d.source == "text_files" and not d.text_glob:
     raise ConfigError("config.data.source = 'text_files' needs config.data.text_glob, e.g. 'corpus/*.txt'.")
+  if not 0.0 <= d.max_unknown_rate <= 1.0:
+    raise ConfigError(f"config.data.max_unknown_rate = {d.max_unknown_rate} must be in [0, 1].")
   if not 0 < d.text_eval_percent < 100:
     raise ConfigError(f"config.data.text_eval_percent = {d.text_eval_percent} must be in (0, 100).")
   if d.batch_size % o.grad_accum_steps:

@@ -149,3 +149,21 @@ def encode_documents(sp: spm.SentencePieceProcessor, docs: list[str]) -> list[np
     arr[0], arr[1:-1], arr[-1] = BOS_ID, ids, EOS_ID
     out.append(arr)
   return out
+
+
+def unknown_rate(encoded) -> float:
+  """Fraction of the tokens that are <unk> (ids lists or arrays; BOS/EOS count as tokens but are never
+  unknown, which matters little for documents of many tokens)."""
+  total = sum(len(ids) for ids in encoded)
+  unknown = sum(int(np.count_nonzero(np.asarray(ids) == UNK_ID)) for ids in encoded)
+  return unknown / max(total, 1)
+
+
+def check_unknown_rate(rate: float, limit: float, what: str, fix: str) -> str:
+  """One line reporting the unknown-token rate of `what`; DataError when it is over `limit` (then the
+  tokenizer's vocabulary does not fit the data: another language or script, binary files...)."""
+  if rate > limit:
+    raise DataError(f"{rate:.1%} of the tokens of {what} are unknown to the tokenizer (limit "
+                    f"config.data.max_unknown_rate = {limit:.1%}): its vocabulary does not fit this data "
+                    f"(another language or script, binary files?). {fix}")
+  return f"Unknown tokens: {rate:.2%} of {what}"

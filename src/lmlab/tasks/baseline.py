@@ -6,7 +6,6 @@ to beat these to be worth its cost.
 
 import json
 import os
-import pickle
 from typing import Sequence
 
 import jax
@@ -18,7 +17,11 @@ from sklearn.svm import LinearSVC
 
 from lmlab.tasks import metrics
 
-MODEL_FILE = "baseline.pkl"
+# A fitted TF-IDF + SVM is saved as plain data, never pickled (a pickle in a work directory received
+# from someone else could run code): the vocabulary and settings as JSON, the arrays as .npz.
+MODEL_JSON, MODEL_ARRAYS = "baseline_model.json", "baseline_model.npz"
+_VECTORIZER_SETTINGS = ("sublinear_tf", "ngram_range", "min_df", "strip_accents", "lowercase", "analyzer",
+                        "token_pattern", "norm", "use_idf", "smooth_idf")
 
 C_GRID = (0.1, 1.0, 10.0)
 
@@ -54,7 +57,45 @@ def fit_tfidf_svm(train_texts: Sequence[str], train_labels, val_texts: Sequence[
   return best, {"C": best_c, "validation_accuracy_by_C": by_c}
 
 
-def class_scores(pipeline: Pipeline, texts: Sequence[str], num_classes: int) -> np.ndarray:
+class LinearTextModel:
+  """A fitted TF-IDF + linear classifier as plain data: decision_function and classes_ as the sklearn
+  pipeline has them, saved and loaded without pickle."""
+
+  def __init__(self, vectorizer: TfidfVectorizer, coef, intercept, classes):
+    self.vectorizer, self.coef, self.intercept = vectorizer, np.asarray(coef), np.asarray(intercept)
+    self.classes_ = np.asarray(classes)
+
+  @classmethod
+  def from_pipeline(cls, pipeline: Pipeline) -> "LinearTextModel":
+    svm = pipeline.named_steps["svm"]
+    return cls(pipeline.named_steps["tfidf"], svm.coef_, svm.intercept_, svm.classes_)
+
+  def decision_function(self, texts) -> np.ndarray:
+    scores = self.vectorizer.transform(list(texts)) @ self.coef.T + self.intercept
+    return scores.ravel() if self.coef.shape[0] == 1 else scores
+
+  def save(self, run_dir: str) -> None:
+    settings = {key: getattr(self.vectorizer, key) for key in _VECTORIZER_SETTINGS}
+    vocabulary = sorted(self.vectorizer.vocabulary_, key=self.vectorizer.vocabulary_.get)
+    with open(os.path.join(run_dir, MODEL_JSON), "w") as f:
+      json.dump({"vectorizer": settings, "vocabulary": vocabulary}, f)
+    np.savez(os.path.join(run_dir, MODEL_ARRAYS), idf=self.vectorizer.idf_, coef=self.coef,
+             intercept=self.intercept, classes=self.classes_)
+
+  @classmethod
+  def load(cls, run_dir: str) -> "LinearTextModel":
+    with open(os.path.join(run_dir, MODEL_JSON)) as f:
+      saved = json.load(f)
+    settings = dict(saved["vectorizer"], ngram_range=tuple(saved["vectorizer"]["ngram_range"]))
+    vocabulary = {term: i for i, term in enumerate(saved["vocabulary"])}
+    vectorizer = TfidfVectorizer(vocabulary=vocabulary, **settings)
+    vectorizer.vocabulary_ = vocabulary
+    with np.load(os.path.join(run_dir, MODEL_ARRAYS), allow_pickle=False) as arrays:
+      vectorizer.idf_ = arrays["idf"]
+      return cls(vectorizer, arrays["coef"], arrays["intercept"], arrays["classes"])
+
+
+def class_scores(pipeline, texts: Sequence[str], num_classes: int) -> np.ndarray:
   """Float [N, num_classes] decision scores in label-id order; -inf for classes absent from training.
 
   The argmax over a row is pipeline.predict's class, so the scores can stand in for a model's logits.
@@ -97,8 +138,7 @@ def fit_and_evaluate(cfg, task, run_dir: str, log) -> tuple[dict, list | None]:
     scores = class_scores(pipeline, split.texts, len(task.label_names))
     out[name] = metrics.classification_report(split.labels, scores.argmax(-1), task.label_names)
   if jax.process_index() == 0:
-    with open(os.path.join(run_dir, MODEL_FILE), "wb") as f:
-      pickle.dump(pipeline, f)
+    LinearTextModel.from_pipeline(pipeline).save(run_dir)
   return out, None
 
 
@@ -108,8 +148,6 @@ def predict(cfg, run_dir: str, texts: list[str], label_names: tuple[str, ...]) -
     with open(os.path.join(run_dir, "metrics.json")) as f:
       words = json.load(f)["baseline"]["words"]
     return [{"output": text} for text in lead(texts, words)]
-  with open(os.path.join(run_dir, MODEL_FILE), "rb") as f:
-    pipeline = pickle.load(f)
-  scores = class_scores(pipeline, texts, len(label_names))
+  scores = class_scores(LinearTextModel.load(run_dir), texts, len(label_names))
   return [{"label": label_names[int(s.argmax())], "scores": dict(zip(label_names, map(float, s)))}
           for s in scores]

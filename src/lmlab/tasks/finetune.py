@@ -131,6 +131,11 @@ def _finetune(cfg, task: data.TaskData, run_dir: str, num_steps: int, warmup_ste
   # --- Tokenizer, model (pretrained body + new head, or from scratch), optimizer, sharded state.
   mesh = partitioning.make_mesh(config_lib.mesh_shape(cfg, jax.device_count()))
   sp = _tokenizer(cfg, run_dir)
+  fix = ("The pretrained run's tokenizer does not cover this task's text: pretrain on text like it." if cfg.init_from
+         else "A from-scratch run's tokenizer is trained on config.data's corpus: point config.data at text like "
+         "the task's (e.g. --config.data.source=text_files --config.data.text_glob=...).")
+  log.print(tokenizer.check_unknown_rate(tokenizer.unknown_rate(sp.encode(list(task.train.texts))),
+                                         cfg.data.max_unknown_rate, "the task's training texts", fix))
   num_classes = len(task.label_names)
   trn = trainer.get_trainer(cfg, sp.vocab_size(), mesh, num_classes=num_classes, pooling=task_config.pooling(cfg),
                             freeze_body=cfg.finetune.freeze_body, layer_decay=cfg.finetune.layer_decay,

@@ -13,7 +13,7 @@ from jax.experimental import multihost_utils
 
 from lmlab import config as config_lib
 from lmlab import objectives
-from lmlab.data import pipeline, sources
+from lmlab.data import pipeline, sources, tokenizer
 from lmlab.decode import complete
 from lmlab.errors import Diverged, Interrupted
 from lmlab.train import checkpoint, logger, partitioning, signals, trainer, workdir
@@ -44,6 +44,10 @@ def _train(cfg, run_dir: str, mesh, stop: signals.StopRequests, start_time: floa
   eval_docs = sources.encoded_documents(cfg.data, sp, cfg.data.eval_split, *process)
   log.print(f"Data: {sum(map(len, train_docs)):,} train / {sum(map(len, eval_docs)):,} validation tokens "
             f"(this process), objective {cfg.objective.name}, rows of {cfg.data.seq_len}")
+  log.print(tokenizer.check_unknown_rate(
+      tokenizer.unknown_rate(train_docs), cfg.data.max_unknown_rate, "the training split",
+      f"Train the tokenizer on this data: use a new --workdir (its tokenizer.model is trained on the training "
+      "split), with config.tokenizer.character_coverage = 1.0 for a large alphabet."))
   objective = objectives.get(cfg.objective.name)
   data = objective.data(cfg, sp.vocab_size(), sp)
   train_rows, eval_rows = data.rows(train_docs), data.rows(eval_docs)

@@ -153,7 +153,9 @@ def _parse_flags(argv):
 
 
 def main(argv):
-  logging.set_verbosity(logging.ERROR)  # orbax logs every save; TFDS warns about its own internals
+  # orbax logs every save, and the errors it also raises (those become one `error:` line); TFDS warns
+  # about its own internals. --verbose shows them.
+  logging.set_verbosity(logging.INFO if _verbose() else logging.FATAL)
   from lmlab import errors
   try:
     if len(argv) > 2 or (len(argv) == 2 and argv[1] not in COMMANDS):

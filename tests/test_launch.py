@@ -178,3 +178,24 @@ def test_sigterm_saves_and_a_kill_9_leaves_no_lock_and_the_reruns_end_identical(
   stdout = launch(run, bbc_data_dir, cache_dir=compilation_cache).stdout
   assert "Resumed from step" in stdout
   assert train_losses(workdir) == train_losses(straight)  # bitwise, over both interruptions
+
+
+def test_a_full_disk_is_one_error_line_and_the_previous_checkpoint_restores(tmp_path, bbc_data_dir,
+                                                                            compilation_cache):
+  """The work directory on a 2.5 MB tmpfs (mounted as root, as CI runs): the tokenizer and the checkpoint
+  at step 10 fit, the one at step 20 does not."""
+  disk = tmp_path / "disk"
+  disk.mkdir()
+  subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2500k", "tmpfs", str(disk)], check=True)
+  try:
+    workdir = str(disk / "run")
+    proc = launch([*TINY, f"--workdir={workdir}"], bbc_data_dir, check=False, cache_dir=compilation_cache)
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "no space left on the device" in errors[0], proc.stderr[-3000:]
+    assert "resume from checkpoint 10, which is intact" in errors[0] and "Traceback" not in proc.stderr
+    sampled = launch(["sample", f"--workdir={workdir}", "--prompt=The", "--max_new_tokens=3"], bbc_data_dir,
+                     cache_dir=compilation_cache)
+    assert sampled.stdout.count("The -> ") == 1  # checkpoint 10 restores
+  finally:
+    subprocess.run(["umount", str(disk)], check=True)

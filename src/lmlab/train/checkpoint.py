@@ -5,6 +5,8 @@ position is the step itself (the input order is a pure function of seed and step
 derived from (seed, step), so restoring the state resumes the run exactly.
 """
 
+import contextlib
+import errno
 import logging
 import os
 import sys
@@ -34,6 +36,7 @@ def make_manager(workdir: str, keep: int, best_metric: str | None = None,
   if best_metric:
     best = dict(best_fn=lambda metrics: metrics[best_metric], best_mode=best_mode,
                 keep_checkpoints_without_metrics=False)
+  _ignore_orphaned_reads()
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=True,
                                          **best)
   return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"), options=options)
@@ -41,17 +44,47 @@ def make_manager(workdir: str, keep: int, best_metric: str | None = None,
 
 def save(manager: ocp.CheckpointManager, state, record: dict, metrics: dict | None = None) -> None:
   """Starts an async save of `state` at its step; `record` (JSON) is saved beside it, `metrics` ranks it
-  for a best-k manager."""
+  for a best-k manager. A failed save (now, or the previous one's background write) is a CheckpointError."""
   step = int(jax.device_get(state.step))
   record = dict(record, step=step, fingerprint=float(jax.device_get(fingerprint(state))))
-  manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                             record=ocp.args.JsonSave(record)), metrics=metrics, force=True)
+  with _save_errors(manager, step):
+    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                               record=ocp.args.JsonSave(record)), metrics=metrics, force=True)
+
+
+def finish(manager: ocp.CheckpointManager) -> None:
+  """Waits for the saves in flight and closes the manager; a failed save is a CheckpointError."""
+  with _save_errors(manager, manager.latest_step()):
+    manager.wait_until_finished()
+  manager.close()
+
+
+@contextlib.contextmanager
+def _save_errors(manager: ocp.CheckpointManager, step):
+  try:
+    yield
+  except Exception as e:  # orbax and tensorstore raise many types; a full disk is the one users cause
+    text = str(e)
+    if "No space left" not in text and "RESOURCE_EXHAUSTED" not in text and getattr(e, "errno", 0) != errno.ENOSPC:
+      raise
+    intact = [s for s in manager.all_steps() if s != step]
+    raise CheckpointError(
+        f"Saving a checkpoint in {manager.directory} failed: no space left on the device. Free space and run "
+        f"the same command to resume from checkpoint {max(intact) if intact else '(none)'}, which is intact; "
+        "or lower config.train.keep_checkpoints.") from e
+
+
+_FILTERING = False  # whether _ignore_orphaned_reads has installed its filters
 
 
 def _ignore_orphaned_reads() -> None:
-  """After a failed restore, orbax has closed its event loop while tensorstore reads of other arrays are
-  still in flight; each one finishing then reports 'Event loop is closed' from a worker thread. Those
+  """After a failed restore or save, orbax has closed its event loop while tensorstore reads or writes of
+  other arrays are still in flight (installed once, with the first manager); each one finishing then reports 'Event loop is closed' from a worker thread. Those
   reports carry no information beyond the error we raise, so they are dropped."""
+  global _FILTERING
+  if _FILTERING:
+    return
+  _FILTERING = True
   orphaned = lambda exc: isinstance(exc, RuntimeError) and "Event loop is closed" in str(exc)
   previous_unraisable, previous_thread = sys.unraisablehook, threading.excepthook
 
@@ -85,7 +118,6 @@ def restore(manager: ocp.CheckpointManager, abstract_state, step: int | None = N
     restored = manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state), record=ocp.args.JsonRestore()))
   except Exception as e:  # orbax raises many types; all mean the same thing to the user.
-    _ignore_orphaned_reads()
     raise CheckpointError(
         f"Cannot restore the checkpoint {where}: {type(e).__name__}: {e}\nIt was written by a different "
         "model/optimizer config or is damaged. Resume with the config it was written with, or move that "

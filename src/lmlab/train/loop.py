@@ -117,8 +117,7 @@ def _train(cfg, run_dir: str, mesh, stop: signals.StopRequests, start_time: floa
     if _stop_requested(stop, step, cfg.train.log_every) and step != cfg.train.num_steps:
       if manager.latest_step() != step:
         save(step)
-      manager.wait_until_finished()
-      manager.close()
+      checkpoint.finish(manager)
       log.close()
       raise Interrupted(f"stopped by {stop.name or 'a signal'} at step {step}: saved checkpoint {step} in "
                         f"{run_dir}; run the same command to resume.", stop.signum or 15)
@@ -134,8 +133,7 @@ def _train(cfg, run_dir: str, mesh, stop: signals.StopRequests, start_time: floa
   prompts = list(cfg.sample.prompts)
   for prompt, text in zip(prompts, complete.complete(cfg, trn.model, state.params, sp, prompts, cfg.seed)):
     log.print(f"sample: {prompt} -> {text}")
-  manager.wait_until_finished()
-  manager.close()
+  checkpoint.finish(manager)
   summary = {"step": final_step, "validation": result, "parameters": trn.param_count(),
              "flops_per_token": trn.flops_per_token(), "wall_time_s": time.perf_counter() - start_time}
   workdir.write_json(run_dir, "metrics.json", summary)

@@ -79,8 +79,9 @@ _FILTERING = False  # whether _ignore_orphaned_reads has installed its filters
 
 def _ignore_orphaned_reads() -> None:
   """After a failed restore or save, orbax has closed its event loop while tensorstore reads or writes of
-  other arrays are still in flight (installed once, with the first manager); each one finishing then reports 'Event loop is closed' from a worker thread. Those
-  reports carry no information beyond the error we raise, so they are dropped."""
+  other arrays are still in flight; each one finishing then reports 'Event loop is closed' from a worker
+  thread. Those reports carry no information beyond the error we raise, so they are dropped (the filters
+  are installed once, with the first manager)."""
   global _FILTERING
   if _FILTERING:
     return

@@ -234,7 +234,7 @@ def test_fine_tuning_learns_a_separable_toy_task_to_100_percent(tmp_path, bbc_da
   predictions = predict_workdir(workdir, ["the striker scored a penalty", "bank shares and profit"])
   assert [p["label"] for p in predictions] == ["sport", "money"]
   assert sum(predictions[0]["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
-  with pytest.raises(ConfigError, match="already holds a fine-tuning run"):
+  with pytest.raises(ConfigError, match="holds a finished fine-tuning run"):
     finetune.run(toy_config(tmp_path, bbc_data_dir))
 
 
@@ -331,3 +331,29 @@ def test_a_task_the_tokenizer_cannot_read_stops_with_the_fix(tmp_path, bbc_data_
   with pytest.raises(DataError, match=r"% of the tokens of the task's training texts are unknown .*config\.data"):
     finetune.run(cfg)
   assert not os.path.exists(tmp_path / "run" / "checkpoints")
+
+
+def test_a_killed_fine_tuning_run_resumes_to_identical_metrics(tmp_path, bbc_data_dir, monkeypatch):
+  changes = {"train.num_steps": 60, "finetune.min_steps": 60, "train.eval_every": 20, "train.log_every": 10,
+             "model.dropout_rate": 0.1, "finetune.patience": 2}  # dropout keys and keep-best state must resume
+  (tmp_path / "a").mkdir()
+  (tmp_path / "b").mkdir()
+  straight = finetune.run(toy_config(tmp_path / "a", bbc_data_dir, **changes))
+  original = finetune.logger.MetricsLogger.train_progress
+
+  def die_at_step_50(self, step, metrics):
+    if step == 50:
+      raise KeyboardInterrupt("killed")
+    original(self, step, metrics)
+
+  cfg = toy_config(tmp_path / "b", bbc_data_dir, **changes)
+  monkeypatch.setattr(finetune.logger.MetricsLogger, "train_progress", die_at_step_50)
+  with pytest.raises(KeyboardInterrupt):
+    finetune.run(cfg)
+  monkeypatch.undo()
+  assert not os.path.exists(os.path.join(cfg.workdir, "metrics.json"))
+  resumed = finetune.run(cfg)
+  for key in ("best_step", "steps_run", "validation", "test"):
+    assert resumed[key] == straight[key], key
+  with pytest.raises(ConfigError, match="holds a finished fine-tuning run"):
+    finetune.run(cfg)

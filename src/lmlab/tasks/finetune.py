@@ -7,6 +7,7 @@ and `weights` [B], a generation batch the token targets of the answer, and both 
 train/step.py unchanged.
 """
 
+import json
 import math
 import os
 import shutil
@@ -17,11 +18,11 @@ import jax
 from lmlab import config as config_lib
 from lmlab import models
 from lmlab.data import sources, tokenizer
-from lmlab.errors import ConfigError
+from lmlab.errors import ConfigError, Interrupted
 from lmlab.objectives.base import TOKENS
 from lmlab.tasks import baseline, data, evaluators, inputs
 from lmlab.tasks import config as task_config
-from lmlab.train import checkpoint, logger, partitioning, trainer, workdir
+from lmlab.train import checkpoint, logger, partitioning, signals, trainer, workdir
 
 
 def schedule_steps(cfg, num_train: int) -> tuple[int, int]:
@@ -50,11 +51,15 @@ def default_workdir(cfg) -> str:
   return os.path.join("runs", name)
 
 
-def _check_new(run_dir: str) -> None:
-  ckpt_dir = os.path.join(run_dir, "checkpoints")
-  if os.path.exists(os.path.join(run_dir, "metrics.json")) or (os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir)):
-    raise ConfigError(f"{run_dir} already holds a fine-tuning run (fine-tuning does not resume: runs are short "
-                      "and their best checkpoint is final). Use a new --workdir, or delete that one.")
+# What a resumed fine-tuning run must share with the run that started its work directory.
+FROZEN_ON_RESUME = workdir.FROZEN_ON_RESUME + ("init_from", "task", "finetune", "optim", "train.num_steps",
+                                               "train.eval_every", "data.batch_size")
+
+
+def _check_unfinished(run_dir: str) -> None:
+  if os.path.exists(os.path.join(run_dir, "metrics.json")):
+    raise ConfigError(f"{run_dir} holds a finished fine-tuning run; predict with it (launch.py predict "
+                      f"--workdir {run_dir}), or use a new --workdir.")
 
 
 def _tokenizer(cfg, run_dir: str):
@@ -103,16 +108,16 @@ def run(cfg) -> dict:
     sources.check(cfg.data)  # a from-scratch run trains its tokenizer on cfg.data's corpus
   num_steps, warmup_steps = schedule_steps(cfg, len(task.train))
   run_dir = cfg.workdir or default_workdir(cfg)
-  _check_new(run_dir)
-  with workdir.run_in(cfg, run_dir, frozen=()) as run_dir:
-    _check_new(run_dir)  # again under the lock: another run may have started there meanwhile
+  _check_unfinished(run_dir)
+  with workdir.run_in(cfg, run_dir, frozen=FROZEN_ON_RESUME) as run_dir, signals.StopRequests() as stop:
+    _check_unfinished(run_dir)  # again under the lock: another run may have finished there meanwhile
     workdir.write_json(run_dir, "task.json",
                        {"name": task.name, "kind": task.kind, "label_names": list(task.label_names)})
-    return _finetune(cfg, task, run_dir, num_steps, warmup_steps, start_time)
+    return _finetune(cfg, task, run_dir, num_steps, warmup_steps, stop, start_time)
 
 
-def _finetune(cfg, task: data.TaskData, run_dir: str, num_steps: int, warmup_steps: int, start_time: float
-              ) -> dict:
+def _finetune(cfg, task: data.TaskData, run_dir: str, num_steps: int, warmup_steps: int,
+              stop: signals.StopRequests, start_time: float) -> dict:
   metric_name, mode = task_config.metric(cfg)
   log = logger.MetricsLogger(run_dir, num_steps, cfg.data.batch_size * cfg.data.seq_len)
   log.print(f"Work directory: {os.path.abspath(run_dir)}")
@@ -140,11 +145,20 @@ def _finetune(cfg, task: data.TaskData, run_dir: str, num_steps: int, warmup_ste
   trn = trainer.get_trainer(cfg, sp.vocab_size(), mesh, num_classes=num_classes, pooling=task_config.pooling(cfg),
                             freeze_body=cfg.finetune.freeze_body, layer_decay=cfg.finetune.layer_decay,
                             num_steps=num_steps, warmup_steps=warmup_steps, loss_terms=(TOKENS,))
+  better = (lambda a, b: a > b) if mode == "max" else (lambda a, b: a < b)
+  # The latest state, saved at every evaluation (and on a stop signal), beside the keep-best checkpoints:
+  # a killed or preempted run resumes from it with the same batches, dropout keys and keep-best state.
+  resume = checkpoint.make_manager(os.path.join(run_dir, "resume"), 1)
   state = trn.init_state(jax.random.PRNGKey(cfg.seed))
-  if cfg.init_from:
+  if resume.latest_step() is not None:
+    state, _ = checkpoint.restore(resume, trn.abstract_state)
+    log.print(f"Resumed from step {int(state.step)}")
+  elif cfg.init_from:
     state = start_from_pretrained(cfg, trn, state, sp.vocab_size(), log)
   else:
     log.print("Training from scratch (config.init_from = None)")
+  start_step = int(jax.device_get(state.step))
+  best_value, stale = _replay_evaluations(run_dir, start_step, metric_name, better)
   log.print(f"Model: {cfg.model.family} ({task_config.pooling(cfg) + ' pooling, ' if num_classes else ''}"
             f"{trn.param_count():,} parameters); {num_steps} steps of {cfg.data.batch_size}")
   evaluate = evaluators.for_task(cfg, trn, sp, task.kind, task.label_names)
@@ -153,10 +167,18 @@ def _finetune(cfg, task: data.TaskData, run_dir: str, num_steps: int, warmup_ste
   manager = checkpoint.make_manager(run_dir, cfg.finetune.keep_best, metric_name, mode)
 
   # --- Train loop: evaluate every eval_every steps, keep the best checkpoints, stop early.
-  better = (lambda a, b: a > b) if mode == "max" else (lambda a, b: a < b)
-  best_value, stale = None, 0
-  log.start(0)
-  for step_num in range(1, num_steps + 1):
+  patience = cfg.finetune.patience
+  step_num = start_step
+  last_step = start_step if patience and stale >= patience else num_steps  # it died after an early stop
+  log.start(start_step)
+  for step_num in range(start_step + 1, last_step + 1):
+    if stop.signum is not None:  # at a step boundary: save where we are and stop
+      checkpoint.save(resume, state, {"name": cfg.name})
+      checkpoint.finish(resume)
+      manager.close()
+      log.close()
+      raise Interrupted(f"stopped by {stop.name} at step {int(jax.device_get(state.step))}: saved in {run_dir}; "
+                        "run the same command to resume.", stop.signum)
     local = inputs.local_rows(order[step_num - 1], jax.process_index(), jax.process_count())
     state, train_metrics = trn.train_step(state, partitioning.global_batch(inputs.take(train_arrays, local), mesh))
     if step_num % cfg.train.log_every == 0:
@@ -167,15 +189,15 @@ def _finetune(cfg, task: data.TaskData, run_dir: str, num_steps: int, warmup_ste
     value = result[metric_name]
     log.write(step_num, {k: v for k, v in result.items() if isinstance(v, float)}, "eval")
     log.print(f"validation at step {step_num}: {evaluators.describe(result)}")
-    checkpoint.save(manager, state, {"name": cfg.name}, {metric_name: value})
-    if best_value is None or better(value, best_value):
-      best_value, stale = value, 0
-    else:
-      stale += 1
-      if cfg.finetune.patience and stale >= cfg.finetune.patience:
-        log.print(f"Early stop at step {step_num}: no better validation {metric_name} for {stale} evaluations")
-        break
+    if step_num not in manager.all_steps():  # a resumed run may have saved this step before it died
+      checkpoint.save(manager, state, {"name": cfg.name}, {metric_name: value})
+    checkpoint.save(resume, state, {"name": cfg.name})
+    best_value, stale = _update_best(best_value, stale, value, better)
+    if patience and stale >= patience:
+      log.print(f"Early stop at step {step_num}: no better validation {metric_name} for {stale} evaluations")
+      break
     log.start(step_num)
+  checkpoint.finish(resume)
   manager.wait_until_finished()
 
   # --- The best checkpoint on validation and test.
@@ -187,6 +209,29 @@ def _finetune(cfg, task: data.TaskData, run_dir: str, num_steps: int, warmup_ste
   test = evaluate(state.params, task.test, with_predictions=True)
   summary["test"] = _without_predictions(test)
   return _finish(summary, run_dir, log, task, test.get("predictions"), start_time)
+
+
+def _update_best(best_value, stale: int, value, better) -> tuple:
+  """(best validation value, evaluations since it) after an evaluation giving `value`."""
+  if best_value is None or better(value, best_value):
+    return value, 0
+  return best_value, stale + 1
+
+
+def _replay_evaluations(run_dir: str, step: int, metric_name: str, better) -> tuple:
+  """The keep-best state (best value, evaluations since) at `step`, from the evaluations up to it in
+  metrics.jsonl (a run that died after `step` may have logged later ones: they are ignored)."""
+  path = os.path.join(run_dir, "metrics.jsonl")
+  values = {}
+  if step and os.path.exists(path):
+    with open(path) as f:
+      for row in map(json.loads, f):
+        if row["split"] == "eval" and row["step"] <= step:
+          values[row["step"]] = row[metric_name]
+  best_value, stale = None, 0
+  for value in (values[s] for s in sorted(values)):
+    best_value, stale = _update_best(best_value, stale, value, better)
+  return best_value, stale
 
 
 def _without_predictions(report: dict) -> dict:

@@ -3,6 +3,8 @@ every [MASK] in a prompt such as "The [MASK] rose sharply".
 
 The text is laid out as in training: [BOS] text [EOS] for mlm (packed documents), [CLS] text [SEP] with
 token type 0 for mlm_nsp (sentence A alone).
+
+Shape suffixes: B batch (prompts), L row length, V vocabulary.
 """
 
 import flax.linen as nn

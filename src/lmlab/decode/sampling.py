@@ -1,9 +1,11 @@
 """Batched sampling from causal models: one jitted lax.while_loop over positions (lm1b style), with the
 KV cache for the Transformer.
 
-Prompts are right-padded into one [B, T] buffer, T = longest prompt + max_new_tokens. Step t feeds
+Prompts are right-padded into one [B, L] buffer, L = longest prompt + max_new_tokens. Step t feeds
 the token at position t of every row and writes position t+1: copied from the prompt while t+1 is
 still inside that row's prompt, sampled otherwise. Rows thus share one cache index.
+
+Shape suffixes: B batch (prompts), L the buffer length (prompt + new tokens), V vocabulary.
 """
 
 import functools
@@ -43,36 +45,36 @@ def _next_token(logits_BV, rng, temperature, top_k, top_p):
 
 
 @functools.partial(jax.jit, static_argnames=("model", "temperature", "top_k", "top_p"))
-def _generate(model, params, buf_BT, lengths_B, rng, eos_id, *, temperature, top_k, top_p):
-  B, T = buf_BT.shape
+def _generate(model, params, buf_BL, lengths_B, rng, eos_id, *, temperature, top_k, top_p):
+  B, L = buf_BL.shape
   # The Transformer decodes one token per step against its KV cache; any other causal model (the
   # recurrent LMs) re-runs the whole buffer, whose logits at t depend only on tokens <= t.
   use_cache = isinstance(model, Transformer)
-  cache = init_cache(model, B, T) if use_cache else {}
+  cache = init_cache(model, B, L) if use_cache else {}
 
   def cond(state):
     t, _, _, done_B = state
-    return (t < T - 1) & ~jnp.all(done_B)
+    return (t < L - 1) & ~jnp.all(done_B)
 
   def body(state):
-    t, buf_BT, cache, done_B = state
+    t, buf_BL, cache, done_B = state
     if use_cache:
-      token_B1 = jax.lax.dynamic_slice_in_dim(buf_BT, t, 1, axis=1)
+      token_B1 = jax.lax.dynamic_slice_in_dim(buf_BL, t, 1, axis=1)
       logits_B1V, mutated = model.apply({"params": params, "cache": cache}, token_B1, decode=True,
                                         mutable=["cache"])
       logits_BV, cache = logits_B1V[:, 0], mutated["cache"]
     else:
-      logits_BV = jax.lax.dynamic_index_in_dim(model.apply({"params": params}, buf_BT), t, axis=1,
+      logits_BV = jax.lax.dynamic_index_in_dim(model.apply({"params": params}, buf_BL), t, axis=1,
                                                keepdims=False)
     sampled_B = _next_token(logits_BV, jax.random.fold_in(rng, t), temperature, top_k, top_p)
     in_prompt_B = t + 1 < lengths_B
-    prompt_B = jax.lax.dynamic_index_in_dim(buf_BT, t + 1, axis=1, keepdims=False)
+    prompt_B = jax.lax.dynamic_index_in_dim(buf_BL, t + 1, axis=1, keepdims=False)
     next_B = jnp.where(in_prompt_B, prompt_B, sampled_B)
     done_B = done_B | (~in_prompt_B & (next_B == eos_id))
-    buf_BT = jax.lax.dynamic_update_slice_in_dim(buf_BT, next_B[:, None], t + 1, axis=1)
-    return t + 1, buf_BT, cache, done_B
+    buf_BL = jax.lax.dynamic_update_slice_in_dim(buf_BL, next_B[:, None], t + 1, axis=1)
+    return t + 1, buf_BL, cache, done_B
 
-  state = (jnp.int32(0), buf_BT, cache, jnp.zeros((B,), bool))
+  state = (jnp.int32(0), buf_BL, cache, jnp.zeros((B,), bool))
   return jax.lax.while_loop(cond, body, state)[1]
 
 

@@ -1,6 +1,9 @@
 """Decoding targets from an encoder-decoder (models/encdec.py) with the decoder's KV cache: sampling
 (greedy, temperature, top-k, top-p) and beam search, each one jitted lax.while_loop over target
 positions. The encoder runs once; decoding starts from BOS (as the decoder inputs did in training).
+
+Shape suffixes: B batch, S encoder length, D d_model, T target length, E beams, N batch x beams
+flattened, V vocabulary.
 """
 
 import functools
@@ -53,43 +56,43 @@ def _gather_beams(tree, index_N):
 @functools.partial(jax.jit, static_argnames=("model", "max_len", "beam_size", "alpha"))
 def _beam_search(model, params, tokens_BS, segment_ids_BS, eos_id, *, max_len, beam_size, alpha):
   B, S = tokens_BS.shape
-  K, N = beam_size, tokens_BS.shape[0] * beam_size
+  E, N = beam_size, tokens_BS.shape[0] * beam_size
   encoded_BSD = model.apply({"params": params}, tokens_BS, segment_ids_BS, method="encode")
-  encoded_NSD, segment_ids_NS = jnp.repeat(encoded_BSD, K, axis=0), jnp.repeat(segment_ids_BS, K, axis=0)
+  encoded_NSD, segment_ids_NS = jnp.repeat(encoded_BSD, E, axis=0), jnp.repeat(segment_ids_BS, E, axis=0)
   cache = init_decoder_cache(model, N, max_len, S)
-  # Only beam 0 is alive at the start, so the first step's K best tokens come from it.
-  scores_BK = jnp.tile(jnp.array([0.0] + [-jnp.inf] * (K - 1)), (B, 1))
+  # Only beam 0 is alive at the start, so the first step's E best tokens come from it.
+  scores_BE = jnp.tile(jnp.array([0.0] + [-jnp.inf] * (E - 1)), (B, 1))
 
   def cond(state):
-    t, _, _, _, done_BK = state
-    return (t < max_len) & ~jnp.all(done_BK)
+    t, _, _, _, done_BE = state
+    return (t < max_len) & ~jnp.all(done_BE)
 
   def body(state):
-    t, seqs_BKT, scores_BK, cache, done_BK = state
-    previous_N = jnp.where(t == 0, BOS_ID, jax.lax.dynamic_index_in_dim(seqs_BKT, t - 1, 2, keepdims=False)
+    t, seqs_BET, scores_BE, cache, done_BE = state
+    previous_N = jnp.where(t == 0, BOS_ID, jax.lax.dynamic_index_in_dim(seqs_BET, t - 1, 2, keepdims=False)
                            ).reshape(N)
     logits_NV, cache = _decode_step(model, params, cache, previous_N, encoded_NSD, segment_ids_NS)
     V = logits_NV.shape[-1]
-    logp_BKV = jax.nn.log_softmax(logits_NV.astype(jnp.float32)).reshape(B, K, V)
+    logp_BEV = jax.nn.log_softmax(logits_NV.astype(jnp.float32)).reshape(B, E, V)
     # A finished beam can only be extended by padding, at no cost: it keeps its score.
     pad_only_V = jnp.where(jnp.arange(V) == PAD_ID, 0.0, -jnp.inf)
-    logp_BKV = jnp.where(done_BK[..., None], pad_only_V, logp_BKV)
-    top_scores_BK, top_index_BK = jax.lax.top_k((scores_BK[..., None] + logp_BKV).reshape(B, K * V), K)
-    beam_BK, token_BK = top_index_BK // V, top_index_BK % V
-    seqs_BKT = jnp.take_along_axis(seqs_BKT, beam_BK[..., None], axis=1)
-    seqs_BKT = jax.lax.dynamic_update_slice_in_dim(seqs_BKT, token_BK[..., None], t, axis=2)
-    done_BK = jnp.take_along_axis(done_BK, beam_BK, axis=1) | (token_BK == eos_id)
-    cache = _gather_beams(cache, (jnp.arange(B)[:, None] * K + beam_BK).reshape(N))
-    return t + 1, seqs_BKT, top_scores_BK, cache, done_BK
+    logp_BEV = jnp.where(done_BE[..., None], pad_only_V, logp_BEV)
+    top_scores_BE, top_index_BE = jax.lax.top_k((scores_BE[..., None] + logp_BEV).reshape(B, E * V), E)
+    beam_BE, token_BE = top_index_BE // V, top_index_BE % V
+    seqs_BET = jnp.take_along_axis(seqs_BET, beam_BE[..., None], axis=1)
+    seqs_BET = jax.lax.dynamic_update_slice_in_dim(seqs_BET, token_BE[..., None], t, axis=2)
+    done_BE = jnp.take_along_axis(done_BE, beam_BE, axis=1) | (token_BE == eos_id)
+    cache = _gather_beams(cache, (jnp.arange(B)[:, None] * E + beam_BE).reshape(N))
+    return t + 1, seqs_BET, top_scores_BE, cache, done_BE
 
-  state = (jnp.int32(0), jnp.zeros((B, K, max_len), jnp.int32), scores_BK, cache, jnp.zeros((B, K), bool))
-  _, seqs_BKT, scores_BK, _, _ = jax.lax.while_loop(cond, body, state)
+  state = (jnp.int32(0), jnp.zeros((B, E, max_len), jnp.int32), scores_BE, cache, jnp.zeros((B, E), bool))
+  _, seqs_BET, scores_BE, _, _ = jax.lax.while_loop(cond, body, state)
   # GNMT length normalization (alpha 0: plain log-probability); length counts tokens up to EOS.
-  lengths_BK = jnp.sum(seqs_BKT != PAD_ID, axis=-1)
-  normalized_BK = scores_BK / ((5.0 + lengths_BK) / 6.0) ** alpha
-  best_B = jnp.argmax(normalized_BK, axis=1)
-  return (jnp.take_along_axis(seqs_BKT, best_B[:, None, None], axis=1)[:, 0],
-          jnp.take_along_axis(scores_BK, best_B[:, None], axis=1)[:, 0])
+  lengths_BE = jnp.sum(seqs_BET != PAD_ID, axis=-1)
+  normalized_BE = scores_BE / ((5.0 + lengths_BE) / 6.0) ** alpha
+  best_B = jnp.argmax(normalized_BE, axis=1)
+  return (jnp.take_along_axis(seqs_BET, best_B[:, None, None], axis=1)[:, 0],
+          jnp.take_along_axis(scores_BE, best_B[:, None], axis=1)[:, 0])
 
 
 def _encoder_batch(inputs: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:

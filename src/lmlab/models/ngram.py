@@ -21,6 +21,9 @@ no per-token Python loop: order 5 fits on bbc_news's 1.07M train tokens in ~2.5 
 validation targets in ~0.2 s. Why not a library: nltk's KneserNeyInterpolated (one discount, Python dicts)
 took 32 s to fit order 3 here and ~70 ms per scored token (~2.5 h for validation); kenlm needs a native
 build and whitespace-separated text. Neither is installed.
+
+Shape suffixes: M documents, N a flattened axis (a split's token stream; the scored targets), O an n-gram
+context (up to order - 1 tokens), R rows and L row length of a packed set, V vocabulary.
 """
 
 import dataclasses
@@ -82,12 +85,12 @@ class KneserNey:
     if vocab_size < 1 or vocab_size ** order > np.iinfo(np.int64).max:
       raise ValueError(f"vocab_size = {vocab_size} and order = {order}: n-gram keys need 1 <= vocab_size "
                        "and vocab_size ** order < 2 ** 63 (int64); use a lower order.")
-    lengths_D = np.array([len(d) for d in docs], np.int64)
-    if not np.any(lengths_D >= 2):
+    lengths_M = np.array([len(d) for d in docs], np.int64)
+    if not np.any(lengths_M >= 2):
       raise ValueError("No training targets: KneserNey.fit needs at least one document of >= 2 tokens.")
     stream_N = np.concatenate([np.asarray(d).ravel() for d in docs]).astype(np.int64)
     _check_ids(stream_N, vocab_size, "training documents")
-    offset_N = np.arange(stream_N.size) - np.repeat(np.cumsum(lengths_D) - lengths_D, lengths_D)
+    offset_N = np.arange(stream_N.size) - np.repeat(np.cumsum(lengths_M) - lengths_M, lengths_M)
     # grams[k - 1]: keys of the k-grams ending at each target position that has k - 1 tokens before it.
     grams, starts = [], []
     key_N = stream_N.copy()
@@ -105,57 +108,57 @@ class KneserNey:
                               vocab_size))
     return cls(levels, vocab_size, order)
 
-  def log_prob(self, contexts_TC: np.ndarray, targets_T: np.ndarray) -> np.ndarray:
-    """Natural-log P(target | context) per row. contexts_TC[t, -1] is the token just before target t;
+  def log_prob(self, contexts_NO: np.ndarray, targets_N: np.ndarray) -> np.ndarray:
+    """Natural-log P(target | context) per row. contexts_NO[n, -1] is the token just before target n;
     negative entries mean "no token" and may only fill a left prefix of a row; only the last N-1 count."""
-    targets_T = np.asarray(targets_T, np.int64)
-    contexts_TC = np.asarray(contexts_TC, np.int64)
-    if contexts_TC.ndim != 2 or contexts_TC.shape[0] != targets_T.size:
-      raise ValueError(f"contexts_TC has shape {contexts_TC.shape}; expected [T = {targets_T.size}, C].")
-    _check_ids(targets_T, self.vocab_size, "targets")
-    _check_ids(np.maximum(contexts_TC, 0), self.vocab_size, "contexts")
+    targets_N = np.asarray(targets_N, np.int64)
+    contexts_NO = np.asarray(contexts_NO, np.int64)
+    if contexts_NO.ndim != 2 or contexts_NO.shape[0] != targets_N.size:
+      raise ValueError(f"contexts_NO has shape {contexts_NO.shape}; expected [N = {targets_N.size}, O].")
+    _check_ids(targets_N, self.vocab_size, "targets")
+    _check_ids(np.maximum(contexts_NO, 0), self.vocab_size, "contexts")
     # Context length: the number of trailing non-negative ids.
-    context_len_T = np.cumprod(contexts_TC[:, ::-1] >= 0, axis=1).sum(axis=1)
-    p_T = np.full(targets_T.shape, 1.0 / self.vocab_size)
-    key_T = targets_T.copy()
+    context_len_N = np.cumprod(contexts_NO[:, ::-1] >= 0, axis=1).sum(axis=1)
+    p_N = np.full(targets_N.shape, 1.0 / self.vocab_size)
+    key_N = targets_N.copy()
     for k, level in enumerate(self.levels, start=1):
       if k > 1:
-        if k - 1 > contexts_TC.shape[1]:
+        if k - 1 > contexts_NO.shape[1]:
           break
-        key_T = key_T + np.maximum(contexts_TC[:, -(k - 1)], 0) * self.vocab_size ** (k - 1)
+        key_N = key_N + np.maximum(contexts_NO[:, -(k - 1)], 0) * self.vocab_size ** (k - 1)
       if level.keys.size == 0:  # no document reaches this order: every context backs off
         continue
-      i, seen_T = _lookup(level.keys, key_T)
-      count_T = np.where(seen_T, level.counts[i], 0)
-      j, context_seen_T = _lookup(level.context_keys, key_T // self.vocab_size)
-      use_T = context_seen_T & (context_len_T >= k - 1)
-      interpolated_T = ((count_T - level.discounts[np.minimum(count_T, 3)]) / level.context_totals[j]
-                        + level.context_gammas[j] * p_T)
-      p_T = np.where(use_T, interpolated_T, p_T)
-    return np.log(p_T)
+      i, seen_N = _lookup(level.keys, key_N)
+      count_N = np.where(seen_N, level.counts[i], 0)
+      j, context_seen_N = _lookup(level.context_keys, key_N // self.vocab_size)
+      use_N = context_seen_N & (context_len_N >= k - 1)
+      interpolated_N = ((count_N - level.discounts[np.minimum(count_N, 3)]) / level.context_totals[j]
+                        + level.context_gammas[j] * p_N)
+      p_N = np.where(use_N, interpolated_N, p_N)
+    return np.log(p_N)
 
   def probabilities(self, context) -> np.ndarray:
     """P(w | context) for every id w: [V], summing to 1."""
     context = np.asarray(context, np.int64).ravel()
     context = context[max(context.size - (self.order - 1), 0):]
-    contexts_VC = np.broadcast_to(context, (self.vocab_size, context.size))
-    return np.exp(self.log_prob(contexts_VC, np.arange(self.vocab_size)))
+    contexts_VO = np.broadcast_to(context, (self.vocab_size, context.size))
+    return np.exp(self.log_prob(contexts_VO, np.arange(self.vocab_size)))
 
   def evaluate_packed(self, packed: dict) -> dict:
     """Mean NLL (nats) and perplexity over exactly the targets next_token_targets weights, each given only
     the previous (at most N-1) tokens of its own segment: comparable with the neural models' eval loss."""
     tokens_RL, segment_ids_RL = np.asarray(packed["tokens"]), np.asarray(packed["segment_ids"])
     _, weights_RL = next_token_targets(tokens_RL, segment_ids_RL)
-    r_T, t_T = np.nonzero(np.asarray(weights_RL))
-    if r_T.size == 0:
+    r_N, t_N = np.nonzero(np.asarray(weights_RL))
+    if r_N.size == 0:
       raise ValueError("evaluate_packed: the packed set has no scored positions (no segment of >= 2 tokens).")
-    column_TC = t_T[:, None] - np.arange(self.order - 1)[::-1]  # t-N+2 .. t
-    safe_TC = np.maximum(column_TC, 0)
-    segment_T1 = segment_ids_RL[r_T, t_T][:, None]
-    same_segment_TC = (column_TC >= 0) & (segment_ids_RL[r_T[:, None], safe_TC] == segment_T1)
-    contexts_TC = np.where(same_segment_TC, tokens_RL[r_T[:, None], safe_TC], -1)
-    loss = -float(np.mean(self.log_prob(contexts_TC, tokens_RL[r_T, t_T + 1])))
-    return {"loss": loss, "perplexity": float(np.exp(loss)), "tokens": int(r_T.size)}
+    column_NO = t_N[:, None] - np.arange(self.order - 1)[::-1]  # t-N+2 .. t
+    safe_NO = np.maximum(column_NO, 0)
+    segment_N1 = segment_ids_RL[r_N, t_N][:, None]
+    same_segment_NO = (column_NO >= 0) & (segment_ids_RL[r_N[:, None], safe_NO] == segment_N1)
+    contexts_NO = np.where(same_segment_NO, tokens_RL[r_N[:, None], safe_NO], -1)
+    loss = -float(np.mean(self.log_prob(contexts_NO, tokens_RL[r_N, t_N + 1])))
+    return {"loss": loss, "perplexity": float(np.exp(loss)), "tokens": int(r_N.size)}
 
 
 def _check_ids(ids: np.ndarray, vocab_size: int, what: str) -> None:

@@ -5,9 +5,8 @@ batch of rows into the arrays the model and loss read (a seeded numpy transform,
 lists its loss terms, the derived model options it needs, and how a trained model completes a prompt.
 Validation, model building, the train step, the loop and sampling all read these fields.
 
-Shape suffixes used by the objective modules: B batch (rows), L row length (seq_len), H half row (an NSP
-sentence), I encoder inputs length, T decoder targets length, S noise spans, W a row's width in a
-scratch array, G gaps between tokens, R rows of a split, V vocabulary.
+Shape suffixes (as in lmlab/__init__.py): B batch, L row length, N values per row (scatter_rows), W a
+row's scratch width.
 """
 
 import dataclasses

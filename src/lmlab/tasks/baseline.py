@@ -2,6 +2,8 @@
 seed; same metrics.json): for classification TF-IDF word uni+bigrams and a linear SVM with C chosen on the
 validation set, for generation the lead (the first words of the source). A fine-tuned language model has
 to beat these to be worth its cost.
+
+Shape suffixes: C classes.
 """
 
 import json

@@ -10,11 +10,12 @@ import jax
 import numpy as np
 import pytest
 
+from launching import capture
 from lmlab import config as config_lib
 from lmlab import models
 from lmlab.config import ConfigError
-from lmlab.errors import DataError
 from lmlab.data import tokenizer
+from lmlab.errors import DataError
 from lmlab.models import heads
 from lmlab.tasks import config as task_config
 from lmlab.tasks import finetune, inputs, metrics
@@ -328,9 +329,17 @@ def test_a_task_the_tokenizer_cannot_read_stops_with_the_fix(tmp_path, bbc_data_
     path.write_text("".join(json.dumps({"text": t, "label": ["good", "bad"][i % 2]}) + "\n"
                             for i, t in enumerate(reviews * 3)), encoding="utf-8")
     cfg.task[f"{split}_file"] = str(path)
-  with pytest.raises(DataError, match=r"% of the tokens of the task's training texts are unknown .*config\.data"):
+  with pytest.raises(DataError, match=r"% of the tokens of the task's training texts are unknown .*"
+                                      r"--config\.task\.tokenizer=task"):
     finetune.run(cfg)
   assert not os.path.exists(tmp_path / "run" / "checkpoints")
+  # The fix the message names: a tokenizer trained on the task's texts, as large as they support.
+  cfg.task.tokenizer, cfg.workdir = "task", str(tmp_path / "task_tokenizer")
+  summary, stdout = capture(finetune.run, cfg)
+  rate = float(stdout.split("Unknown tokens: ")[1].split("%")[0])
+  assert rate < 5.0 and summary["test"]["accuracy"] > 0
+  with open(tmp_path / "task_tokenizer" / "config.json") as f:
+    assert json.load(f)["tokenizer"]["vocab_size"] == summary["vocab_size"] < 512
 
 
 def test_a_killed_fine_tuning_run_resumes_to_identical_metrics(tmp_path, bbc_data_dir, monkeypatch):

@@ -192,3 +192,18 @@ def test_the_baseline_round_trips_without_pickle(num_classes, tmp_path):
                              baseline.class_scores(pipeline, queries, num_classes), rtol=1e-12)
   with open(tmp_path / baseline.MODEL_ARRAYS, "rb") as f:
     assert b"pickle" not in f.read()  # plain arrays (np.load refuses object arrays without allow_pickle)
+
+
+def test_the_baseline_reads_character_ngrams_where_text_has_no_spaces(tmp_path):
+  good, bad = "好看精彩推荐喜欢", "失望糟糕难看浪费"
+  rng = np.random.default_rng(0)
+  texts = ["".join(rng.choice(list(words), 6)) + "。" for words in (good, bad) for _ in range(10)]
+  labels = np.repeat([0, 1], 10)
+  assert baseline.analyzer_for(texts) == "char" and baseline.analyzer_for(["the striker scored"]) == "word"
+  pipeline, info = baseline.fit_tfidf_svm(texts, labels, texts, labels, seed=0)
+  assert info["analyzer"] == "char" and info["validation_accuracy_by_C"][str(info["C"])] == 1.0
+  queries = ["非常好看，推荐", "太失望了，浪费"]  # unseen sentences: words of spaceless text never recur whole
+  assert baseline.class_scores(pipeline, queries, 2).argmax(1).tolist() == [0, 1]
+  baseline.LinearTextModel.from_pipeline(pipeline).save(str(tmp_path))
+  loaded = baseline.LinearTextModel.load(str(tmp_path))
+  assert baseline.class_scores(loaded, queries, 2).argmax(1).tolist() == [0, 1]

@@ -56,14 +56,14 @@ def load(path: str, tok_cfg) -> spm.SentencePieceProcessor:
 
 def train(path: str, docs: Iterable[str], tok_cfg) -> None:
   """Trains a tokenizer on the documents and saves it at `path` (atomically)."""
-  model = _train(docs, tok_cfg)
-  pieces = spm.SentencePieceProcessor(model_proto=model).get_piece_size()
+  model = train_model(docs, tok_cfg)
+  pieces = piece_count(model)
   if pieces != tok_cfg.vocab_size:
     # Only the char model gets here: its vocabulary is the corpus's characters, whatever vocab_size says.
     raise DataError(
         f"config.tokenizer.model_type = {tok_cfg.model_type!r} gives {pieces} pieces on this corpus, not "
         f"config.tokenizer.vocab_size = {tok_cfg.vocab_size}; set --config.tokenizer.vocab_size={pieces}.")
-  _write_atomically(path, model)
+  save_model(path, model)
 
 
 def training_lines(docs: Iterable[str]) -> Iterator[str]:
@@ -98,8 +98,16 @@ def _cut_long_line(line: str) -> Iterator[str]:
     yield " ".join(piece)
 
 
-def _train(docs: Iterable[str], tok_cfg) -> bytes:
-  """Trains in memory and returns the serialized model."""
+def piece_count(model: bytes | str) -> int:
+  """The vocabulary size of a serialized model, or of the model saved at a path."""
+  if isinstance(model, str):
+    return spm.SentencePieceProcessor(model_file=model).get_piece_size()
+  return spm.SentencePieceProcessor(model_proto=model).get_piece_size()
+
+
+def train_model(docs: Iterable[str], tok_cfg, fit_vocab: bool = False) -> bytes:
+  """The serialized model trained in memory on the documents; fit_vocab: at most tok_cfg.vocab_size
+  pieces, fewer when the texts do not support that many (a small task), instead of an error."""
   model = io.BytesIO()
   try:
     spm.SentencePieceTrainer.train(
@@ -114,6 +122,7 @@ def _train(docs: Iterable[str], tok_cfg) -> bytes:
         input_sentence_size=tok_cfg.max_sentences,  # 0: all sentences.
         shuffle_input_sentence=tok_cfg.max_sentences > 0,
         minloglevel=2,  # Only errors; training otherwise logs hundreds of lines.
+        hard_vocab_limit=not fit_vocab,
     )
   except RuntimeError as e:
     if "sentences_.empty()" in str(e):
@@ -127,7 +136,7 @@ def _train(docs: Iterable[str], tok_cfg) -> bytes:
   return model.getvalue()
 
 
-def _write_atomically(path: str, data: bytes) -> None:
+def save_model(path: str, data: bytes) -> None:
   """Temp file + rename: a crash or a concurrent reader never sees a half-written model."""
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)

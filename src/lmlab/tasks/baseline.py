@@ -28,12 +28,25 @@ _VECTORIZER_SETTINGS = ("sublinear_tf", "ngram_range", "min_df", "strip_accents"
 C_GRID = (0.1, 1.0, 10.0)
 
 
-def make_pipeline(c: float, seed: int) -> Pipeline:
-  """An unfitted TF-IDF + LinearSVC pipeline with regularization strength C = c."""
+# Texts with fewer spaces than this per character are not split into words by spaces (Chinese, Japanese,
+# Thai...): the baseline reads their character n-grams instead of whole runs of characters as "words".
+MIN_SPACES_PER_CHARACTER = 0.05
+
+
+def analyzer_for(texts: Sequence[str]) -> str:
+  """"word" (uni+bigrams of words) for space-separated text, else "char" (1-3-grams of characters)."""
+  spaces = sum(t.count(" ") for t in texts) / max(sum(len(t) for t in texts), 1)
+  return "word" if spaces >= MIN_SPACES_PER_CHARACTER else "char"
+
+
+def make_pipeline(c: float, seed: int, analyzer: str = "word") -> Pipeline:
+  """An unfitted TF-IDF + LinearSVC pipeline with regularization strength C = c, over word uni+bigrams
+  or (analyzer="char") character 1-3-grams."""
+  ngrams = {"word": dict(analyzer="word", ngram_range=(1, 2)), "char": dict(analyzer="char", ngram_range=(1, 3))}
   return Pipeline([
       # Sublinear tf damps long documents' repeated words; min_df=1 keeps every n-gram because the
       # low-label regimes (one example per class) have nothing to spare.
-      ("tfidf", TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2), min_df=1, strip_accents="unicode")),
+      ("tfidf", TfidfVectorizer(sublinear_tf=True, min_df=1, strip_accents="unicode", **ngrams[analyzer])),
       ("svm", LinearSVC(C=c, random_state=seed)),
   ])
 
@@ -46,17 +59,19 @@ def fit_tfidf_svm(train_texts: Sequence[str], train_labels, val_texts: Sequence[
   (LinearSVC raises otherwise); classes absent from it are never predicted, see class_scores.
 
   Returns:
-    (fitted pipeline, {"C": chosen C, "validation_accuracy_by_C": {str(C): accuracy}}).
+    (fitted pipeline, {"C": chosen C, "validation_accuracy_by_C": {str(C): accuracy}, "analyzer": word
+    or char n-grams, see analyzer_for}).
   """
   train_labels, val_labels = np.asarray(train_labels), np.asarray(val_labels)
+  analyzer = analyzer_for(train_texts)
   best, best_c, best_acc, by_c = None, None, -1.0, {}
   for c in sorted(c_grid):
-    pipeline = make_pipeline(c, seed).fit(list(train_texts), train_labels)
+    pipeline = make_pipeline(c, seed, analyzer).fit(list(train_texts), train_labels)
     acc = float(accuracy_score(val_labels, pipeline.predict(list(val_texts))))
     by_c[str(c)] = acc
     if acc > best_acc:  # strict: with C ascending, a tie keeps the smaller C
       best, best_c, best_acc = pipeline, c, acc
-  return best, {"C": best_c, "validation_accuracy_by_C": by_c}
+  return best, {"C": best_c, "validation_accuracy_by_C": by_c, "analyzer": analyzer}
 
 
 class LinearTextModel:
@@ -134,7 +149,7 @@ def fit_and_evaluate(cfg, task, run_dir: str, log) -> tuple[dict, list | None]:
     return out, outputs
   pipeline, info = fit_tfidf_svm(task.train.texts, task.train.labels, task.validation.texts,
                                  task.validation.labels, cfg.seed)
-  log.print(f"TF-IDF + linear SVM: C = {info['C']} (validation accuracy by C: {info['validation_accuracy_by_C']})")
+  log.print(f"TF-IDF ({info['analyzer']} n-grams) + linear SVM: C = {info['C']} (validation accuracy by C: {info['validation_accuracy_by_C']})")
   out = {"baseline": dict(info, method="tfidf_svm")}
   for name, split in (("validation", task.validation), ("test", task.test)):
     scores = class_scores(pipeline, split.texts, len(task.label_names))

@@ -52,6 +52,11 @@ def default_config() -> ml_collections.ConfigDict:
   t.target_field = "target"
   # Generation: target tokens (without EOS) trained on and generated at most.
   t.max_target_len = 24
+  # From-scratch runs: "corpus" keeps the tokenizer trained on config.data's corpus, as pretraining does
+  # (so a scratch control differs from a pretrained run only in initialization); "task" trains one on all
+  # of the task's training texts (not only the labelled fraction), with at most tokenizer.vocab_size pieces
+  # (fewer if the texts do not support that many): for text unlike the corpus (another language).
+  t.tokenizer = "corpus"
 
   c.finetune = f = ml_collections.ConfigDict()
   # Classification pooling of the body's hidden states: first ([CLS]), last (last real token), mean;
@@ -187,6 +192,11 @@ def validate(cfg, num_devices: int | None = None, process_count: int = 1) -> Non
                         f"{task_kind} task.")
   if cfg.init_from is not None and not isinstance(cfg.init_from, str):
     raise ConfigError(f"config.init_from = {cfg.init_from!r} must be a path (or None to train from scratch).")
+  if t.tokenizer not in ("corpus", "task"):
+    raise ConfigError(f"config.task.tokenizer = {t.tokenizer!r} is not one of 'corpus', 'task'.")
+  if t.tokenizer == "task" and cfg.init_from:
+    raise ConfigError("config.task.tokenizer = 'task' trains a new tokenizer, but a pretrained model (config."
+                      "init_from) only reads its own; use it for from-scratch runs (init_from = None).")
   if not 0.0 < t.label_fraction <= 1.0:
     raise ConfigError(f"config.task.label_fraction = {t.label_fraction} must be in (0, 1].")
   if not (0 <= t.validation_percent and 0 <= t.test_percent and t.validation_percent + t.test_percent < 100):

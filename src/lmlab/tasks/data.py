@@ -64,6 +64,7 @@ class TaskData:
   validation: Split
   test: Split
   train_size_full: int  # training examples before the label-fraction subset
+  train_texts_full: list[str] = dataclasses.field(default_factory=list)  # their texts (tokenizer training)
 
 
 def subset_indices(n: int, fraction: float, seed: int, labels: np.ndarray | None = None) -> np.ndarray:
@@ -103,7 +104,8 @@ def load_task(cfg) -> TaskData:
   train = splits["train"]
   keep = subset_indices(len(train), float(fraction), cfg.seed, train.labels)
   return TaskData(name=task.name, kind=kind, label_names=label_names, train=_take(train, keep),
-                  validation=splits["validation"], test=splits["test"], train_size_full=len(train))
+                  validation=splits["validation"], test=splits["test"], train_size_full=len(train),
+                  train_texts_full=list(train.texts))
 
 
 def _take(split: Split, indices: np.ndarray) -> Split:

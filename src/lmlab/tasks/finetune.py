@@ -80,6 +80,20 @@ def _tokenizer(cfg, run_dir: str):
     raise ConfigError(f"config.init_from = {cfg.init_from!r}: {e}") from e
 
 
+def _task_tokenizer(cfg, task: data.TaskData) -> bytes | None:
+  """config.task.tokenizer = "task": a tokenizer trained on all of the task's training texts (None when the
+  work directory has one already: a resumed run keeps it). Sets cfg.tokenizer.vocab_size to its size."""
+  run_dir = cfg.workdir or default_workdir(cfg)
+  path = os.path.join(run_dir, "tokenizer.model")
+  if os.path.exists(path):
+    cfg.tokenizer.vocab_size = tokenizer.piece_count(path)
+    return None
+  texts = task.train_texts_full + (list(task.train.targets or []) if task.kind == "generation" else [])
+  model = tokenizer.train_model(texts, cfg.tokenizer, fit_vocab=True)
+  cfg.tokenizer.vocab_size = tokenizer.piece_count(model)
+  return model
+
+
 def start_from_pretrained(cfg, trn: trainer.Trainer, state, vocab_size: int, log):
   """The pretrained parameters in place of the task model's body (the head stays freshly initialized);
   a fresh optimizer state and step 0."""
@@ -104,8 +118,12 @@ def run(cfg) -> dict:
     task = data.load_task(cfg)
   except ValueError as e:  # bad task data: one clear error, as for the config itself
     raise ConfigError(str(e)) from e
+  task_tokenizer = None
   if not cfg.init_from and not cfg.finetune.baseline:
-    sources.check(cfg.data)  # a from-scratch run trains its tokenizer on cfg.data's corpus
+    if cfg.task.tokenizer == "task":
+      task_tokenizer = _task_tokenizer(cfg, task)  # and cfg.tokenizer.vocab_size set to its pieces
+    else:
+      sources.check(cfg.data)  # the tokenizer is trained on cfg.data's corpus
   num_steps, warmup_steps = schedule_steps(cfg, len(task.train))
   run_dir = cfg.workdir or default_workdir(cfg)
   _check_unfinished(run_dir)
@@ -113,6 +131,9 @@ def run(cfg) -> dict:
     _check_unfinished(run_dir)  # again under the lock: another run may have finished there meanwhile
     workdir.write_json(run_dir, "task.json",
                        {"name": task.name, "kind": task.kind, "label_names": list(task.label_names)})
+    path = os.path.join(run_dir, "tokenizer.model")
+    if task_tokenizer is not None and jax.process_index() == 0 and not os.path.exists(path):
+      tokenizer.save_model(path, task_tokenizer)
     return _finetune(cfg, task, run_dir, num_steps, warmup_steps, stop, start_time)
 
 
@@ -137,8 +158,7 @@ def _finetune(cfg, task: data.TaskData, run_dir: str, num_steps: int, warmup_ste
   mesh = partitioning.make_mesh(config_lib.mesh_shape(cfg, jax.device_count()))
   sp = _tokenizer(cfg, run_dir)
   fix = ("The pretrained run's tokenizer does not cover this task's text: pretrain on text like it." if cfg.init_from
-         else "A from-scratch run's tokenizer is trained on config.data's corpus: point config.data at text like "
-         "the task's (e.g. --config.data.source=text_files --config.data.text_glob=...).")
+         else "Train the tokenizer on the task's own texts: --config.task.tokenizer=task.")
   log.print(tokenizer.check_unknown_rate(tokenizer.unknown_rate(sp.encode(list(task.train.texts))),
                                          cfg.data.max_unknown_rate, "the task's training texts", fix))
   num_classes = len(task.label_names)
@@ -204,7 +224,7 @@ def _finetune(cfg, task: data.TaskData, run_dir: str, num_steps: int, warmup_ste
   state, _ = checkpoint.restore(manager, trn.abstract_state, manager.best_step())
   manager.close()
   summary.update(best_step=int(jax.device_get(state.step)), steps_run=step_num, num_steps=num_steps,
-                 warmup_steps=warmup_steps, parameters=trn.param_count())
+                 warmup_steps=warmup_steps, parameters=trn.param_count(), vocab_size=sp.vocab_size())
   summary["validation"] = _without_predictions(evaluate(state.params, task.validation))
   test = evaluate(state.params, task.test, with_predictions=True)
   summary["test"] = _without_predictions(test)

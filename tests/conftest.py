@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from launching import ROOT, TINY, launch
+from launching import TINY, launch
 
 # The in-process tests compile hundreds of tiny programs that each run for milliseconds: LLVM's
 # optimizations cost more time than they save there (about 30% of the tier). The e2e tier's launch.py

@@ -153,7 +153,8 @@ def test_sampling_is_reproducible(gpt_run):
 
 
 @pytest.mark.parametrize("experiment, expect, prompt", [
-    ("bert.py:size=tiny", ["objective mlm_nsp", "nsp accuracy", "sample: Shares in the [MASK] rose sharply. -> [MASK] 1: "],
+    ("bert.py:size=tiny",
+     ["objective mlm_nsp", "nsp accuracy", "sample: Shares in the [MASK] rose sharply. -> [MASK] 1: "],
      "The [MASK] said"),
     ("lstm.py:size=tiny,cell=gru", ["objective causal_lm", "step     20/20", "sample: The government said -> "],
      "The government said"),

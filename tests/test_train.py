@@ -1,6 +1,5 @@
 """Train step, sharding, gradient accumulation, weight-decay mask and checkpoints."""
 
-import os
 import shutil
 
 import jax

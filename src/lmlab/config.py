@@ -308,7 +308,8 @@ def validate(cfg: ConfigDict, num_devices: int | None = None, process_count: int
   positive("data.seq_len", "data.batch_size", "tokenizer.vocab_size", "model.num_layers", "model.d_model",
            "model.num_heads", "model.mlp_dim", "optim.lr", "optim.grad_accum_steps", "train.num_steps",
            "train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "sample.max_new_tokens")
-  positive("tokenizer.num_sentinels", "train.lock_wait_s", "optim.warmup_steps", "optim.weight_decay", "optim.grad_clip", "train.eval_every",
+  positive("tokenizer.num_sentinels", "train.lock_wait_s", "optim.warmup_steps", "optim.weight_decay",
+           "optim.grad_clip", "train.eval_every",
            "train.eval_batches", "sample.temperature", "sample.top_k", "sample.beam_size", "data.prefetch",
            allow_zero=True)
   m, d, o = cfg.model, cfg.data, cfg.optim

@@ -9,9 +9,10 @@ from typing import Callable, Iterator
 import numpy as np
 import tensorflow as tf
 
+
 def train_dataset(rows: dict, batch_size: int, seed: int, start_step: int = 0, process_index: int = 0,
-                  prefetch: int = 2, transform: Callable[[dict, np.random.Generator], dict] | None = None, spec: dict | None = None
-                  ) -> tf.data.Dataset:
+                  prefetch: int = 2, transform: Callable[[dict, np.random.Generator], dict] | None = None,
+                  spec: dict | None = None) -> tf.data.Dataset:
   """Endless batches of `batch_size` rows (this process's share of the global batch), reshuffled every
   epoch. Batch `step` is a pure function of (seed, step, process_index): resuming at start_step yields
   exactly what an uninterrupted run would have, without replaying earlier batches.

@@ -149,7 +149,8 @@ def fit_and_evaluate(cfg, task, run_dir: str, log) -> tuple[dict, list | None]:
     return out, outputs
   pipeline, info = fit_tfidf_svm(task.train.texts, task.train.labels, task.validation.texts,
                                  task.validation.labels, cfg.seed)
-  log.print(f"TF-IDF ({info['analyzer']} n-grams) + linear SVM: C = {info['C']} (validation accuracy by C: {info['validation_accuracy_by_C']})")
+  log.print(f"TF-IDF ({info['analyzer']} n-grams) + linear SVM: C = {info['C']} (validation accuracy by C: "
+            f"{info['validation_accuracy_by_C']})")
   out = {"baseline": dict(info, method="tfidf_svm")}
   for name, split in (("validation", task.validation), ("test", task.test)):
     scores = class_scores(pipeline, split.texts, len(task.label_names))

@@ -46,7 +46,7 @@ def _train(cfg, run_dir: str, mesh, stop: signals.StopRequests, start_time: floa
             f"(this process), objective {cfg.objective.name}, rows of {cfg.data.seq_len}")
   log.print(tokenizer.check_unknown_rate(
       tokenizer.unknown_rate(train_docs), cfg.data.max_unknown_rate, "the training split",
-      f"Train the tokenizer on this data: use a new --workdir (its tokenizer.model is trained on the training "
+      "Train the tokenizer on this data: use a new --workdir (its tokenizer.model is trained on the training "
       "split), with config.tokenizer.character_coverage = 1.0 for a large alphabet."))
   objective = objectives.get(cfg.objective.name)
   data = objective.data(cfg, sp.vocab_size(), sp)

@@ -19,8 +19,8 @@ _NOT_COMPILED = ("workdir", "name", "sample", "mesh", "init_from", "task", "fine
                  "data.tfds_name", "data.tfds_data_dir", "data.text_key", "data.tfds_download",
                  "data.tfds_manual_dir", "data.train_split", "data.eval_split", "data.text_glob",
                  "data.text_unit", "data.text_eval_percent", "data.prefetch", "data.max_unknown_rate",
-                 "train.log_every", "train.eval_every", "train.eval_batches", "train.checkpoint_every", "train.keep_checkpoints",
-                 "train.lock_wait_s")
+                 "train.log_every", "train.eval_every", "train.eval_batches", "train.checkpoint_every",
+                 "train.keep_checkpoints", "train.lock_wait_s")
 
 
 class Trainer:

@@ -1,7 +1,7 @@
 """The train and eval batch streams over a split's rows (packed rows, see packing.py, or an objective's
 own rows), with the objective's seeded transform applied per batch.
 
-Shape suffixes: B batch rows (this process's share).
+Shape suffixes: B batch rows (this process's share), R rows of the split; digits are literal sizes.
 """
 
 from typing import Callable, Iterator

@@ -2,11 +2,12 @@
 
 Decoder, encoder and recurrent families read the packed-row batch keys tokens / segment_ids / positions
 (plus prefix for prefix LM and token_types for BERT pairs); the encoder-decoder reads encoder_* and
-decoder_inputs / decoder_* keys. All return a dict with float32 `logits` [B, L, V] (and `nsp_logits`
-[B, 2] for mlm_nsp). With num_classes, `build` wraps the family's model in a heads.Classifier whose
-`logits` are class logits [B, C]. The ngram family has no Flax module (see models/ngram.py).
+decoder_inputs / decoder_* keys. All return a dict with float32 `logits` [B, L, V] ([B, T, V] for the
+encoder-decoder; and `nsp_logits` [B, 2] for mlm_nsp). With num_classes, `build` wraps the family's model
+in a heads.Classifier whose `logits` are class logits [B, C]. The ngram family has no Flax module (see
+models/ngram.py).
 
-Shape suffixes: B batch, L row length.
+Shape suffixes: B batch, L row length, T decoder target length, V vocabulary, C classes.
 """
 
 import flax

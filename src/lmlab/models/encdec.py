@@ -6,7 +6,8 @@ sinusoidal or rotary, as configured; T5's relative bias is not implemented) and 
 keeps a KV cache of its self-attention for decoding; cross-attention keys and values are recomputed
 from the encoder output at every step.
 
-Shape suffixes: B batch, S encoder length, L decoder length, D d_model, V vocab.
+Shape suffixes: B batch, S encoder length, T decoder (target) length, L the length of a Stack's own
+row (S in the encoder, T in the decoder), D d_model, V vocab.
 """
 
 import flax.linen as nn
@@ -17,14 +18,14 @@ from lmlab.models.transformer import (TransformerConfig, _init, _norm, add_posit
                                       self_attention_inputs, token_embedding)
 
 
-def cross_attention_mask(segment_ids_BL, encoder_segment_ids_BS):
-  """[B, 1, L, S]: a decoder token attends to the real encoder tokens of its own example (segment).
-  segment_ids_BL None (decoding): every decoder token belongs to the row's one example."""
+def cross_attention_mask(segment_ids_BT, encoder_segment_ids_BS):
+  """[B, 1, T, S]: a decoder token attends to the real encoder tokens of its own example (segment).
+  segment_ids_BT None (decoding): every decoder token belongs to the row's one example."""
   real_B1S = encoder_segment_ids_BS[:, None, :] > 0
-  if segment_ids_BL is None:
+  if segment_ids_BT is None:
     return real_B1S[:, :, None, :]
-  same_BLS = segment_ids_BL[:, :, None] == encoder_segment_ids_BS[:, None, :]
-  return (same_BLS & real_B1S)[:, None]
+  same_BTS = segment_ids_BT[:, :, None] == encoder_segment_ids_BS[:, None, :]
+  return (same_BTS & real_B1S)[:, None]
 
 
 class Stack(nn.Module):
@@ -48,7 +49,7 @@ class Stack(nn.Module):
 
 
 class EncoderDecoder(nn.Module):
-  """__call__ returns float32 decoder logits [B, L, V]; encode / decode run the halves (for decoding)."""
+  """__call__ returns float32 decoder logits [B, T, V]; encode / decode run the halves (for decoding)."""
   config: TransformerConfig
 
   def setup(self):
@@ -59,28 +60,28 @@ class EncoderDecoder(nn.Module):
     if not cfg.tie_embeddings:
       self.unembed = self.param("unembed", _init(("embed", "vocab")), (cfg.d_model, cfg.vocab_size))
 
-  def __call__(self, encoder_tokens_BS, decoder_tokens_BL, encoder_segment_ids_BS=None,
-               decoder_segment_ids_BL=None, encoder_positions_BS=None, decoder_positions_BL=None, *,
+  def __call__(self, encoder_tokens_BS, decoder_tokens_BT, encoder_segment_ids_BS=None,
+               decoder_segment_ids_BT=None, encoder_positions_BS=None, decoder_positions_BT=None, *,
                deterministic=True):
     if encoder_segment_ids_BS is None:
       encoder_segment_ids_BS = jnp.ones_like(encoder_tokens_BS)
     encoded_BSD = self.encode(encoder_tokens_BS, encoder_segment_ids_BS, encoder_positions_BS,
                               deterministic=deterministic)
-    return self.decode(decoder_tokens_BL, encoded_BSD, encoder_segment_ids_BS, decoder_segment_ids_BL,
-                       decoder_positions_BL, deterministic=deterministic)
+    return self.decode(decoder_tokens_BT, encoded_BSD, encoder_segment_ids_BS, decoder_segment_ids_BT,
+                       decoder_positions_BT, deterministic=deterministic)
 
   def encode(self, tokens_BS, segment_ids_BS=None, positions_BS=None, *, deterministic=True):
     return self.encoder(self.embed(tokens_BS), segment_ids_BS, positions_BS, deterministic=deterministic)
 
-  def decode(self, tokens_BL, encoded_BSD, encoder_segment_ids_BS, segment_ids_BL=None, positions_BL=None, *,
+  def decode(self, tokens_BT, encoded_BSD, encoder_segment_ids_BS, segment_ids_BT=None, positions_BT=None, *,
              deterministic=True, decode=False):
     """Decoder logits; decode=True: one step against the KV cache (see init_decoder_cache)."""
     cfg = self.config
-    h_BLD = self.decoder(self.embed(tokens_BL), segment_ids_BL, positions_BL, encoded_BSD,
+    h_BTD = self.decoder(self.embed(tokens_BT), segment_ids_BT, positions_BT, encoded_BSD,
                          encoder_segment_ids_BS, deterministic=deterministic, decode=decode)
     w_DV = self.embed.embedding.T if cfg.tie_embeddings else self.unembed
     # Logits accumulate in float32 even when compute is bf16.
-    return jnp.einsum("bld,dv->blv", h_BLD, w_DV.astype(cfg.dtype), preferred_element_type=jnp.float32)
+    return jnp.einsum("btd,dv->btv", h_BTD, w_DV.astype(cfg.dtype), preferred_element_type=jnp.float32)
 
 
 def init_decoder_cache(model: EncoderDecoder, batch_size: int, cache_len: int, encoder_len: int):

@@ -2,7 +2,7 @@
 
 The body is the pretraining model itself (a Transformer, RecurrentLM or EncoderDecoder module), held as
 the submodule `body`, so its parameter tree is the pretrained one minus the language-model output layers
-(which are never run). Shape suffixes: B batch, L length, D d_model, C classes.
+(which are never run). Shape suffixes: B batch, L row length, D d_model, C classes.
 """
 
 import flax.linen as nn

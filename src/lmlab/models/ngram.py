@@ -1,20 +1,20 @@
 """Interpolated modified Kneser-Ney n-gram language model over token ids: the count-based baseline.
 
-Chen & Goodman (1998): level k (1..N) estimates P_k(w | h) for contexts h of k-1 tokens as
+Chen & Goodman (1998): level k (1..order) estimates P_k(w | h) for contexts h of k-1 tokens as
 
   P_k(w | h) = (a(hw) - D_k(a(hw))) / a(h.) + gamma(h) P_{k-1}(w | h'),   gamma(h) = sum_w D_k(a(hw)) / a(h.)
 
 with h' = h minus its first token, and P_0 uniform over the vocabulary (every id gets probability > 0).
 A context never seen at level k backs off fully: P_k(w | h) = P_{k-1}(w | h'). The adjusted count a() is
-the raw count at the top level N, and at lower levels the continuation count: the number of distinct
-tokens seen just before the k-gram, plus one per occurrence at a document start (nothing precedes it;
-this is kenlm's rule that n-grams starting with <s> keep their raw counts). Discounts D1, D2, D3+ per
+the raw count at the top level (k = order), and at lower levels the continuation count: the number of
+distinct tokens seen just before the k-gram, plus one per occurrence at a document start (nothing precedes
+it; this is kenlm's rule that n-grams starting with <s> keep their raw counts). Discounts D1, D2, D3+ per
 level come from that level's count-of-counts n1..n4 (Chen & Goodman eq. 26); when those are degenerate
 (tiny corpora) every count gets the single discount n1 / (n1 + 2 n2).
 
 Documents are counted separately. Their first token (BOS) is context only, never a target, and contexts
-are not padded: a target with fewer than N-1 preceding tokens is scored at the level its context allows
-(after BOS: the bigram level with context [BOS]). Packed evaluation does the same at segment starts.
+are not padded: a target with fewer than order - 1 preceding tokens is scored at the level its context
+allows (after BOS: the bigram level with context [BOS]). Packed evaluation does the same at segment starts.
 
 An n-gram is an int64 key sum_j w_j V^(k-1-j), so counting is np.unique and lookup np.searchsorted, with
 no per-token Python loop: order 5 fits on bbc_news's 1.07M train tokens in ~2.5 s and scores its 126k
@@ -72,7 +72,7 @@ def _lookup(sorted_keys: np.ndarray, query: np.ndarray) -> tuple[np.ndarray, np.
 
 
 class KneserNey:
-  """An order-N interpolated modified Kneser-Ney model; build it with KneserNey.fit."""
+  """An interpolated modified Kneser-Ney model of order `order`; build it with KneserNey.fit."""
 
   def __init__(self, levels: list[_Level], vocab_size: int, order: int):
     self.levels, self.vocab_size, self.order = levels, vocab_size, order
@@ -110,7 +110,8 @@ class KneserNey:
 
   def log_prob(self, contexts_NO: np.ndarray, targets_N: np.ndarray) -> np.ndarray:
     """Natural-log P(target | context) per row. contexts_NO[n, -1] is the token just before target n;
-    negative entries mean "no token" and may only fill a left prefix of a row; only the last N-1 count."""
+    negative entries mean "no token" and may only fill a left prefix of a row; only the last order - 1
+    count."""
     targets_N = np.asarray(targets_N, np.int64)
     contexts_NO = np.asarray(contexts_NO, np.int64)
     if contexts_NO.ndim != 2 or contexts_NO.shape[0] != targets_N.size:
@@ -146,13 +147,14 @@ class KneserNey:
 
   def evaluate_packed(self, packed: dict) -> dict:
     """Mean NLL (nats) and perplexity over exactly the targets next_token_targets weights, each given only
-    the previous (at most N-1) tokens of its own segment: comparable with the neural models' eval loss."""
+    the previous (at most order - 1) tokens of its own segment: comparable with the neural models' eval
+    loss."""
     tokens_RL, segment_ids_RL = np.asarray(packed["tokens"]), np.asarray(packed["segment_ids"])
     _, weights_RL = next_token_targets(tokens_RL, segment_ids_RL)
     r_N, t_N = np.nonzero(np.asarray(weights_RL))
     if r_N.size == 0:
       raise ValueError("evaluate_packed: the packed set has no scored positions (no segment of >= 2 tokens).")
-    column_NO = t_N[:, None] - np.arange(self.order - 1)[::-1]  # t-N+2 .. t
+    column_NO = t_N[:, None] - np.arange(self.order - 1)[::-1]  # t - order + 2 .. t
     safe_NO = np.maximum(column_NO, 0)
     segment_N1 = segment_ids_RL[r_N, t_N][:, None]
     same_segment_NO = (column_NO >= 0) & (segment_ids_RL[r_N[:, None], safe_NO] == segment_N1)

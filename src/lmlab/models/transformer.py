@@ -1,9 +1,9 @@
 """Pre-norm Transformer (Flax Linen): decoder-only (GPT; causal or prefix LM) or encoder-only (BERT,
 with token types, the MLM output transform and the NSP head), with packed-segment masking and a KV cache.
 
-Shape suffixes: B batch, L query length, S key length (L, or the cache length when decoding; the encoder
-length in cross-attention), D d_model, H heads, K head dim, F mlp_dim, V vocab, P the learned position
-table (max_len).
+Shape suffixes: B batch, L sequence length (the row; the queries), S key length (L, or the cache length
+when decoding; the encoder length in cross-attention), D d_model, H heads, K head dim, F mlp_dim, V vocab,
+P the learned position table (max_len); d and k are D/2 and K/2 (sin / cos frequencies).
 """
 
 import dataclasses
@@ -119,9 +119,9 @@ def attention_mask(length: int, segment_ids_BL=None, prefix_BL=None, causal: boo
 
 
 class Attention(nn.Module):
-  """Multi-head self-attention with a fused QKV projection and an optional KV cache. The mask decides
-  who attends to whom: causal (decoder), bidirectional (encoder), or a bidirectional prefix then causal
-  (prefix LM); packed segments never see each other."""
+  """Multi-head self-attention with a fused QKV projection and an optional KV cache, for decoders (causal),
+  encoders (bidirectional) and prefix LMs (bidirectional prefix, causal after it): the mask decides who
+  attends to whom (see attention_mask); packed segments never see each other."""
   cfg: TransformerConfig
   decode: bool = False
 

@@ -5,8 +5,7 @@ batch of rows into the arrays the model and loss read (a seeded numpy transform,
 lists its loss terms, the derived model options it needs, and how a trained model completes a prompt.
 Validation, model building, the train step, the loop and sampling all read these fields.
 
-Shape suffixes (as in lmlab/__init__.py): B batch, L row length, N values per row (scatter_rows), W a
-row's scratch width.
+Shape suffixes (as in lmlab/__init__.py): B batch, L row length, W a row's scratch width.
 """
 
 import dataclasses
@@ -78,10 +77,10 @@ def segment_starts(segment_ids_BL) -> np.ndarray:
   return np.maximum.accumulate(np.where(new_BL, col_L, 0), axis=1)
 
 
-def scatter_rows(values_BN, index_BN, keep_BN, width: int) -> np.ndarray:
-  """out[b, index[b, n]] = values[b, n] where keep; zeros elsewhere ([B, width] int32)."""
-  batch = values_BN.shape[0]
+def scatter_rows(values_BL, index_BL, keep_BL, width: int) -> np.ndarray:
+  """out[b, index[b, l]] = values[b, l] where keep; zeros elsewhere ([B, W = width] int32)."""
+  batch = values_BL.shape[0]
   out_BW = np.zeros((batch, width), I32)
-  rows_BN = np.broadcast_to(np.arange(batch)[:, None], index_BN.shape)
-  out_BW[rows_BN[keep_BN], index_BN[keep_BN]] = values_BN[keep_BN]
+  rows_BL = np.broadcast_to(np.arange(batch)[:, None], index_BL.shape)
+  out_BW[rows_BL[keep_BL], index_BL[keep_BL]] = values_BL[keep_BL]
   return out_BW

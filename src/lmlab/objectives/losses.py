@@ -6,6 +6,8 @@ targets for span corruption; class labels when fine-tuning), plus the next-sente
 functions return sums; the train step divides by normalizers taken from the whole batch before any
 micro-batching, so padding and uneven micro-batches never skew a mean. Logits may have any leading
 shape: [B, L, V] with targets [B, L], or [B, C] with targets [B].
+
+Shape letters (as in lmlab/__init__.py): B batch, L row length, V vocabulary, C classes.
 """
 
 import jax.numpy as jnp

@@ -2,7 +2,8 @@
 masked LM + next-sentence prediction on [CLS] A [SEP] B [SEP] pairs (mlm_nsp).
 
 Reference semantics: BERT's create_pretraining_data; each docstring says where we differ. Shape
-suffixes: B batch, L row length, A an NSP half (sentence A or B), R rows of a split, V vocabulary.
+suffixes: B batch, L row length, A an NSP half (sentence A or B), R rows of a split, V vocabulary, W a
+row's scratch width (whole-word masking: one slot per word of the row).
 """
 
 import functools
@@ -136,7 +137,7 @@ def pair_rows(docs: list[np.ndarray], seq_len: int) -> dict:
   Each document ([BOS] ids [EOS]; BOS/EOS are stripped) is cut into chunks of half = (seq_len - 3) // 2
   tokens (the last may be shorter); chunks i, i+1 form a row. A single-chunk document gives one row, its
   chunk split in two (A the first n // 2 tokens); documents under 2 tokens give none. Arrays: first,
-  second [R, half] (0-padded), first_len, second_len, doc_id (index in `docs`) [R], all int32.
+  second [R, A = half] (0-padded), first_len, second_len, doc_id (index in `docs`) [R], all int32.
 
   Unlike BERT, halves are fixed-length token chunks, not sentence groups of random target length.
   """

@@ -102,8 +102,8 @@ def _noise_mask_BL(length_B, width: int, noise_density, mean_noise_span_length, 
 
 def _random_segmentation(num_items_B, num_segments_B, width: int, rng) -> np.ndarray:
   """Uniformly random split of num_items_B[b] items into num_segments_B[b] non-empty runs: lengths
-  [B, max segments], zero-padded. T5 shuffles the cut indicators; choosing a random subset of gaps is
-  the same distribution."""
+  [B, Z] (Z = the most segments of a row), zero-padded. T5 shuffles the cut indicators; choosing a
+  random subset of gaps is the same distribution."""
   batch = num_items_B.shape[0]
   num_gaps = width - 1
   gap_G = np.arange(num_gaps)

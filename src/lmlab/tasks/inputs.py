@@ -6,6 +6,8 @@ encoder of an encoder-decoder; texts longer than the row are cut.
 Generation: a decoder-only model reads [BOS] source [SEP] target [EOS] and is trained on the target and
 EOS only (the prompt at decoding time is [BOS] source [SEP]); an encoder-decoder reads source [EOS] and
 decodes [BOS] target -> target [EOS], as in pretraining.
+
+Shape letters (as in lmlab/__init__.py): R rows (examples) of a split.
 """
 
 import numpy as np
@@ -16,7 +18,7 @@ I32 = np.int32
 
 
 def _rows(sequences: list[list[int]], length: int) -> tuple[np.ndarray, np.ndarray]:
-  """(tokens [N, length], segment_ids [N, length]): zero padded; segment 1 on real tokens."""
+  """(tokens [R, length], segment_ids [R, length]): zero padded; segment 1 on real tokens."""
   tokens = np.zeros((len(sequences), length), I32)
   for row, seq in zip(tokens, sequences):
     row[:len(seq)] = seq

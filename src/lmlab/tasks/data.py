@@ -47,7 +47,7 @@ _EXTENSIONS = (".csv", ".jsonl")
 class Split:
   """The examples of one split; `labels` for classification, `targets` for generation."""
   texts: list[str]  # model input text (classification text, or generation source)
-  labels: np.ndarray | None  # int32 [N] label ids (classification), else None
+  labels: np.ndarray | None  # int32 [R] label ids (classification), else None
   targets: list[str] | None  # target strings (generation), else None
 
   def __len__(self) -> int:

@@ -51,7 +51,7 @@ class ClassificationEvaluator(Evaluator):
                                         split.labels)
 
   def probabilities(self, params, arrays: dict) -> np.ndarray:
-    """float [N, C] class probabilities of every example of `arrays`."""
+    """float [R, C] class probabilities of every example of `arrays`."""
     logits = np.concatenate([np.asarray(self.trn.outputs(params, partitioning.global_batch(b, self.trn.mesh))["logits"])
                              for b in self.local_batches(arrays)])
     logits = logits[:inputs.num_examples(arrays)]

@@ -350,14 +350,17 @@ def test_a_killed_fine_tuning_run_resumes_to_identical_metrics(tmp_path, bbc_dat
   straight = finetune.run(toy_config(tmp_path / "a", bbc_data_dir, **changes))
   original = finetune.logger.MetricsLogger.train_progress
 
+  class Killed(Exception):
+    pass
+
   def die_at_step_50(self, step, metrics):
     if step == 50:
-      raise KeyboardInterrupt("killed")
+      raise Killed()
     original(self, step, metrics)
 
   cfg = toy_config(tmp_path / "b", bbc_data_dir, **changes)
   monkeypatch.setattr(finetune.logger.MetricsLogger, "train_progress", die_at_step_50)
-  with pytest.raises(KeyboardInterrupt):
+  with pytest.raises(Killed):
     finetune.run(cfg)
   monkeypatch.undo()
   assert not os.path.exists(os.path.join(cfg.workdir, "metrics.json"))

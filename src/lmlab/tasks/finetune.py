@@ -7,6 +7,7 @@ and `weights` [B], a generation batch the token targets of the answer, and both 
 train/step.py unchanged.
 """
 
+import contextlib
 import json
 import math
 import os
@@ -127,18 +128,19 @@ def run(cfg) -> dict:
   num_steps, warmup_steps = schedule_steps(cfg, len(task.train))
   run_dir = cfg.workdir or default_workdir(cfg)
   _check_unfinished(run_dir)
-  with workdir.run_in(cfg, run_dir, frozen=FROZEN_ON_RESUME) as run_dir, signals.StopRequests() as stop:
+  with (workdir.run_in(cfg, run_dir, frozen=FROZEN_ON_RESUME) as run_dir, signals.StopRequests() as stop,
+        contextlib.ExitStack() as cleanup):
     _check_unfinished(run_dir)  # again under the lock: another run may have finished there meanwhile
     workdir.write_json(run_dir, "task.json",
                        {"name": task.name, "kind": task.kind, "label_names": list(task.label_names)})
     path = os.path.join(run_dir, "tokenizer.model")
     if task_tokenizer is not None and jax.process_index() == 0 and not os.path.exists(path):
       tokenizer.save_model(path, task_tokenizer)
-    return _finetune(cfg, task, run_dir, num_steps, warmup_steps, stop, start_time)
+    return _finetune(cfg, task, run_dir, num_steps, warmup_steps, stop, cleanup, start_time)
 
 
 def _finetune(cfg, task: data.TaskData, run_dir: str, num_steps: int, warmup_steps: int,
-              stop: signals.StopRequests, start_time: float) -> dict:
+              stop: signals.StopRequests, cleanup: contextlib.ExitStack, start_time: float) -> dict:
   metric_name, mode = task_config.metric(cfg)
   log = logger.MetricsLogger(run_dir, num_steps, cfg.data.batch_size * cfg.data.seq_len)
   log.print(f"Work directory: {os.path.abspath(run_dir)}")
@@ -168,7 +170,7 @@ def _finetune(cfg, task: data.TaskData, run_dir: str, num_steps: int, warmup_ste
   better = (lambda a, b: a > b) if mode == "max" else (lambda a, b: a < b)
   # The latest state, saved at every evaluation (and on a stop signal), beside the keep-best checkpoints:
   # a killed or preempted run resumes from it with the same batches, dropout keys and keep-best state.
-  resume = checkpoint.make_manager(os.path.join(run_dir, "resume"), 1)
+  resume = checkpoint.close_on_exit(cleanup, checkpoint.make_manager(os.path.join(run_dir, "resume"), 1))
   state = trn.init_state(jax.random.PRNGKey(cfg.seed))
   if resume.latest_step() is not None:
     state, _ = checkpoint.restore(resume, trn.abstract_state)
@@ -184,7 +186,8 @@ def _finetune(cfg, task: data.TaskData, run_dir: str, num_steps: int, warmup_ste
   evaluate = evaluators.for_task(cfg, trn, sp, task.kind, task.label_names)
   train_arrays = evaluate.arrays(task.train)
   order = inputs.train_order(len(task.train), cfg.data.batch_size, num_steps, cfg.seed)
-  manager = checkpoint.make_manager(run_dir, cfg.finetune.keep_best, metric_name, mode)
+  manager = checkpoint.close_on_exit(cleanup, checkpoint.make_manager(run_dir, cfg.finetune.keep_best, metric_name,
+                                                                     mode))
 
   # --- Train loop: evaluate every eval_every steps, keep the best checkpoints, stop early.
   patience = cfg.finetune.patience

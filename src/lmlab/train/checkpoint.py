@@ -52,6 +52,20 @@ def save(manager: ocp.CheckpointManager, state, record: dict, metrics: dict | No
                                                record=ocp.args.JsonSave(record)), metrics=metrics, force=True)
 
 
+def close_on_exit(cleanup: contextlib.ExitStack, manager: ocp.CheckpointManager) -> ocp.CheckpointManager:
+  """Registers `manager` with an ExitStack that closes it (waiting for its saves in flight) when the run
+  ends, also by an exception: a later run in the same process must not race its background writes and
+  deletions. An error while closing after another error is dropped (the first one is the news)."""
+  def close():
+    try:
+      manager.close()
+    except Exception:  # pylint: disable=broad-except
+      if sys.exc_info()[0] is None:
+        raise
+  cleanup.callback(close)
+  return manager
+
+
 def finish(manager: ocp.CheckpointManager) -> None:
   """Waits for the saves in flight and closes the manager; a failed save is a CheckpointError."""
   with _save_errors(manager, manager.latest_step()):

@@ -4,6 +4,7 @@ The loop stops early, with one clear message, on a signal (state saved at the ne
 non-finite loss or gradient norm (nothing saved after the last finite step).
 """
 
+import contextlib
 import os
 import time
 
@@ -27,11 +28,12 @@ def train_and_evaluate(cfg) -> dict:
   config_lib.validate(cfg, jax.device_count(), jax.process_count())
   mesh = partitioning.make_mesh(config_lib.mesh_shape(cfg, jax.device_count()))
   sources.check(cfg.data)
-  with workdir.run_in(cfg) as run_dir, signals.StopRequests() as stop:
-    return _train(cfg, run_dir, mesh, stop, start_time)
+  with workdir.run_in(cfg) as run_dir, signals.StopRequests() as stop, contextlib.ExitStack() as cleanup:
+    return _train(cfg, run_dir, mesh, stop, cleanup, start_time)
 
 
-def _train(cfg, run_dir: str, mesh, stop: signals.StopRequests, start_time: float) -> dict:
+def _train(cfg, run_dir: str, mesh, stop: signals.StopRequests, cleanup: contextlib.ExitStack,
+           start_time: float) -> dict:
   log = logger.MetricsLogger(run_dir, cfg.train.num_steps, cfg.data.batch_size * cfg.data.seq_len)
   log.print(f"Work directory: {os.path.abspath(run_dir)}")
   log.print(f"Mesh {dict(mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} devices, "
@@ -57,6 +59,7 @@ def _train(cfg, run_dir: str, mesh, stop: signals.StopRequests, start_time: floa
   trn = trainer.get_trainer(cfg, sp.vocab_size(), mesh)
   log.print(f"Model: {trn.param_count():,} parameters, {trn.flops_per_token() / 1e6:.1f} MFLOP/token")
   state, manager = checkpoint.restore_latest_intact(run_dir, cfg.train.keep_checkpoints, trn.abstract_state, log)
+  checkpoint.close_on_exit(cleanup, manager)
   if state is not None:
     log.print(f"Resumed from step {int(state.step)}")
   else:

@@ -115,7 +115,8 @@ def test_a_damaged_latest_checkpoint_is_kept_and_the_previous_one_resumes(gpt_ru
   warning = next(line for line in stdout.splitlines() if line.startswith("warning: "))
   assert "checkpoints/20" in warning and "trying the previous one" in warning
   assert "Resumed from step 10" in stdout
-  assert os.listdir(os.path.join(damaged, "damaged_checkpoints")) == ["20"]  # kept, never deleted
+  # Kept, never deleted, with the checksums that caught it.
+  assert sorted(os.listdir(os.path.join(damaged, "damaged_checkpoints"))) == ["20", "20.checksums.json"]
   assert train_losses(damaged) == train_losses(gpt_run[0])  # and the run ends as the uninterrupted one
 
 
@@ -124,7 +125,7 @@ def test_no_intact_checkpoint_is_one_error(gpt_run, tmp_path, bbc_data_dir):
   damage(os.path.join(damaged, "checkpoints", "10"))
   with pytest.raises(CheckpointError, match=r"No intact checkpoint is left"):
     pretrain("gpt.py:size=tiny", damaged, bbc_data_dir, **MESH)
-  assert os.listdir(os.path.join(damaged, "damaged_checkpoints")) == ["10"]
+  assert sorted(os.listdir(os.path.join(damaged, "damaged_checkpoints"))) == ["10", "10.checksums.json"]
 
 
 def test_a_diverging_run_stops_and_saves_nothing_after_the_divergence(tmp_path, bbc_data_dir):

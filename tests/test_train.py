@@ -1,5 +1,6 @@
 """Train step, sharding, gradient accumulation, weight-decay mask and checkpoints."""
 
+import json
 import shutil
 
 import jax
@@ -131,4 +132,24 @@ def test_checkpoint_restores_onto_another_mesh_and_detects_damage(tmp_path):
   reopened = checkpoint.make_manager(str(tmp_path), keep=2)
   with pytest.raises(checkpoint.CheckpointError, match="checkpoints/2 is damaged"):
     checkpoint.restore(reopened, trn1.abstract_state)
+  reopened.close()
+
+
+def test_file_checksums_are_written_after_the_save_and_catch_a_changed_byte(tmp_path):
+  cfg = tiny_config()
+  trn, state, _ = run_steps(cfg, mesh_of((1, 1, 1)))
+  manager = checkpoint.make_manager(str(tmp_path), keep=2)
+  checkpoint.save(manager, state, {"name": "t"})
+  checkpoint.finish(manager)
+  checksums = tmp_path / "checkpoint_checksums" / "2.json"
+  assert checksums.exists() and len(json.loads(checksums.read_text())) > 3
+  reopened = checkpoint.make_manager(str(tmp_path), keep=2)
+  checkpoint.restore(reopened, trn.abstract_state)  # intact: restores
+  # One byte of the record (not of the arrays: the fingerprint cannot see it) changes on disk.
+  record = next(p for p in (tmp_path / "checkpoints" / "2").rglob("*") if p.is_file() and "record" in str(p))
+  data = bytearray(record.read_bytes())
+  data[-2] ^= 0x01
+  record.write_bytes(bytes(data))
+  with pytest.raises(checkpoint.CheckpointError, match=r"checkpoints/2 is damaged: 1 of its files differ"):
+    checkpoint.restore(reopened, trn.abstract_state)
   reopened.close()

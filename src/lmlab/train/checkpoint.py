@@ -1,12 +1,18 @@
-"""Orbax checkpoints of the train state, with a fingerprint that catches damaged checkpoints.
+"""Orbax checkpoints of the train state, with two checks that catch damaged checkpoints (orbax does not).
 
 A checkpoint holds the train state (params, optimizer state, step) and a small JSON record. The data
 position is the step itself (the input order is a pure function of seed and step) and dropout keys are
 derived from (seed, step), so restoring the state resumes the run exactly.
+
+Checks: the record carries a fingerprint of the state's values, compared after every restore; and once a
+save has committed, the SHA-256 of each of its files is written to checkpoint_checksums/<step>.json beside
+the checkpoints directory and verified before a restore reads them.
 """
 
 import contextlib
 import errno
+import hashlib
+import json
 import logging
 import os
 import sys
@@ -47,6 +53,9 @@ def save(manager: ocp.CheckpointManager, state, record: dict, metrics: dict | No
   for a best-k manager. A failed save (now, or the previous one's background write) is a CheckpointError."""
   step = int(jax.device_get(state.step))
   record = dict(record, step=step, fingerprint=float(jax.device_get(fingerprint(state))))
+  write_checksums(manager)  # of the saves that have committed since the last call
+  if jax.process_index() == 0 and os.path.exists(_checksum_path(manager, step)):
+    os.remove(_checksum_path(manager, step))  # a step saved again (after a fallback) gets new ones
   with _save_errors(manager, step):
     manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                record=ocp.args.JsonSave(record)), metrics=metrics, force=True)
@@ -70,7 +79,61 @@ def finish(manager: ocp.CheckpointManager) -> None:
   """Waits for the saves in flight and closes the manager; a failed save is a CheckpointError."""
   with _save_errors(manager, manager.latest_step()):
     manager.wait_until_finished()
+  write_checksums(manager)
   manager.close()
+
+
+def _checksum_path(manager: ocp.CheckpointManager, step: int) -> str:
+  directory = str(manager.directory)
+  return os.path.join(os.path.dirname(directory), "checkpoint_checksums", f"{step}.json")
+
+
+def _file_digests(step_dir: str) -> dict:
+  """{relative path: SHA-256} of every file of a checkpoint."""
+  digests = {}
+  for folder, _, names in os.walk(step_dir):
+    for name in names:
+      path = os.path.join(folder, name)
+      sha = hashlib.sha256()
+      with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+          sha.update(chunk)
+      digests[os.path.relpath(path, step_dir)] = sha.hexdigest()
+  return digests
+
+
+def write_checksums(manager: ocp.CheckpointManager) -> None:
+  """Process 0 writes the file checksums of every committed checkpoint that has none yet, and drops
+  those of checkpoints the manager has deleted. Nothing while a save is still being written."""
+  if jax.process_index() != 0 or manager.is_saving_in_progress():
+    return
+  steps = set(manager.all_steps())
+  folder = os.path.dirname(_checksum_path(manager, 0))
+  for name in os.listdir(folder) if os.path.isdir(folder) else []:
+    if name.endswith(".json") and name[:-5].isdigit() and int(name[:-5]) not in steps:
+      os.remove(os.path.join(folder, name))
+  for step in steps:
+    path = _checksum_path(manager, step)
+    if not os.path.exists(path):
+      os.makedirs(folder, exist_ok=True)
+      with open(path + ".tmp", "w") as f:
+        json.dump(_file_digests(os.path.join(str(manager.directory), str(step))), f, indent=0)
+      os.replace(path + ".tmp", path)
+
+
+def _verify_checksums(manager: ocp.CheckpointManager, step: int, where: str) -> None:
+  """CheckpointError if the checkpoint's files differ from the checksums written after it committed
+  (a checkpoint without them, e.g. from a run killed right after saving, is checked by its fingerprint)."""
+  path = _checksum_path(manager, step)
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    expected = json.load(f)
+  found = _file_digests(where)
+  changed = sorted(name for name in set(expected) | set(found) if expected.get(name) != found.get(name))
+  if changed:
+    raise CheckpointError(f"The checkpoint {where} is damaged: {len(changed)} of its files differ from the "
+                          f"checksums written when it was saved (e.g. {changed[0]}).")
 
 
 @contextlib.contextmanager
@@ -129,6 +192,7 @@ def restore(manager: ocp.CheckpointManager, abstract_state, step: int | None = N
   """
   step = manager.latest_step() if step is None else step
   where = os.path.join(str(manager.directory), str(step))
+  _verify_checksums(manager, step, where)
   try:
     restored = manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state), record=ocp.args.JsonRestore()))
@@ -164,6 +228,8 @@ def restore_latest_intact(workdir: str, keep: int, abstract_state, log):
       if jax.process_index() == 0:
         os.makedirs(quarantine, exist_ok=True)
         os.replace(os.path.join(str(manager.directory), str(step)), os.path.join(quarantine, str(step)))
+        if os.path.exists(_checksum_path(manager, step)):
+          os.replace(_checksum_path(manager, step), os.path.join(quarantine, f"{step}.checksums.json"))
       if jax.process_count() > 1:
         multihost_utils.sync_global_devices(f"quarantined checkpoint {step}")
       manager = make_manager(workdir, keep)  # a fresh list of steps

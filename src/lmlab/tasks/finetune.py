@@ -19,7 +19,7 @@ import jax
 from lmlab import config as config_lib
 from lmlab import models
 from lmlab.data import sources, tokenizer
-from lmlab.errors import ConfigError, Diverged, Interrupted
+from lmlab.errors import ConfigError, Interrupted
 from lmlab.objectives.base import TOKENS
 from lmlab.tasks import baseline, data, evaluators, inputs
 from lmlab.tasks import config as task_config
@@ -193,7 +193,6 @@ def _finetune(cfg, task: data.TaskData, run_dir: str, num_steps: int, warmup_ste
   patience = cfg.finetune.patience
   step_num = start_step
   last_step = start_step if patience and stale >= patience else num_steps  # it died after an early stop
-  finite = trn.all_finite()  # every loss and gradient norm so far was finite (read at evaluations)
   log.start(start_step)
   for step_num in range(start_step + 1, last_step + 1):
     if stop.signum is not None:  # at a step boundary: save where we are and stop
@@ -205,15 +204,10 @@ def _finetune(cfg, task: data.TaskData, run_dir: str, num_steps: int, warmup_ste
                         "run the same command to resume.", stop.signum)
     local = inputs.local_rows(order[step_num - 1], jax.process_index(), jax.process_count())
     state, train_metrics = trn.train_step(state, partitioning.global_batch(inputs.take(train_arrays, local), mesh))
-    finite = trn.still_finite(finite, train_metrics)
     if step_num % cfg.train.log_every == 0:
       log.train_progress(step_num, train_metrics)
     if step_num % cfg.train.eval_every and step_num != num_steps:
       continue
-    if not bool(finite):
-      raise Diverged(f"fine-tuning diverged: a loss or gradient norm became NaN or infinite before step {step_num}; "
-                     f"nothing after the evaluation at step {max(manager.all_steps(), default=0)} was saved. Lower "
-                     "config.optim.lr or keep config.optim.grad_clip > 0.")
     result = evaluate(state.params, task.validation)
     value = result[metric_name]
     log.write(step_num, {k: v for k, v in result.items() if isinstance(v, float)}, "eval")

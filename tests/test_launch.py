@@ -200,3 +200,16 @@ def test_a_full_disk_is_one_error_line_and_the_previous_checkpoint_restores(tmp_
     assert sampled.stdout.count("The -> ") == 1  # checkpoint 10 restores
   finally:
     subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_sweep_command_runs_every_point_of_get_sweep(tmp_path, bbc_data_dir):
+  """The README's sweep command on the n-gram experiment (seconds per point): every override of
+  get_sweep() trains in its own work directory under --workdir."""
+  sweep_dir = tmp_path / "sweep"
+  proc = launch(["sweep", f"--config={ROOT}/experiments/ngram.py:size=tiny", f"--workdir={sweep_dir}"], bbc_data_dir)
+  assert proc.stdout.count("=== sweep run ") == 4
+  points = sorted(os.listdir(sweep_dir))
+  assert points == ["00_model.ngram_order=2", "01_model.ngram_order=3", "02_model.ngram_order=4",
+                    "03_model.ngram_order=5"]
+  losses = [json.load(open(sweep_dir / p / "metrics.json"))["validation"]["loss"] for p in points]
+  assert losses[1] < losses[0]  # a trigram beats a bigram on the same targets

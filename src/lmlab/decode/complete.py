@@ -64,10 +64,7 @@ def sample_workdir(run_dir: str, prompts=None, seed: int = 0, overrides=None) ->
   config_lib.validate(cfg)
   if cfg.model.family == "ngram":
     raise ConfigError(f"{run_dir} holds an n-gram baseline run: it has no checkpoint to sample.")
-  try:
-    sp = tokenizer.load(f"{run_dir}/tokenizer.model", cfg.tokenizer)
-  except ValueError as e:
-    raise ConfigError(f"{run_dir}: {e} Train first.") from e
+  sp = tokenizer.load(f"{run_dir}/tokenizer.model", cfg.tokenizer)  # a DataError names what is wrong
   mesh = partitioning.data_parallel_mesh()
   trn = trainer.get_trainer(cfg, sp.vocab_size(), mesh)
   manager = checkpoint.make_manager(run_dir, cfg.train.keep_checkpoints)

@@ -15,7 +15,7 @@ from lmlab import config as config_lib
 from lmlab import models
 from lmlab.config import ConfigError
 from lmlab.data import tokenizer
-from lmlab.errors import DataError
+from lmlab.errors import DataError, Diverged
 from lmlab.models import heads
 from lmlab.tasks import config as task_config
 from lmlab.tasks import finetune, inputs, metrics
@@ -369,3 +369,12 @@ def test_a_killed_fine_tuning_run_resumes_to_identical_metrics(tmp_path, bbc_dat
     assert resumed[key] == straight[key], key
   with pytest.raises(ConfigError, match="holds a finished fine-tuning run"):
     finetune.run(cfg)
+
+
+def test_a_diverging_fine_tuning_run_stops_before_saving(tmp_path, bbc_data_dir):
+  cfg = toy_config(tmp_path, bbc_data_dir, **{"optim.lr": 1e12, "optim.grad_clip": 0.0})
+  with pytest.raises(Diverged, match="fine-tuning diverged: a loss or gradient norm became NaN or infinite"):
+    finetune.run(cfg)
+  run = tmp_path / "run"
+  assert not os.listdir(run / "checkpoints") and not os.listdir(run / "resume" / "checkpoints")
+  assert not (run / "metrics.json").exists()

@@ -19,7 +19,7 @@ import jax
 from lmlab import config as config_lib
 from lmlab import models
 from lmlab.data import sources, tokenizer
-from lmlab.errors import ConfigError, Interrupted
+from lmlab.errors import ConfigError, Diverged, Interrupted
 from lmlab.objectives.base import TOKENS
 from lmlab.tasks import baseline, data, evaluators, inputs
 from lmlab.tasks import config as task_config
@@ -204,10 +204,13 @@ def _finetune(cfg, task: data.TaskData, run_dir: str, num_steps: int, warmup_ste
                         "run the same command to resume.", stop.signum)
     local = inputs.local_rows(order[step_num - 1], jax.process_index(), jax.process_count())
     state, train_metrics = trn.train_step(state, partitioning.global_batch(inputs.take(train_arrays, local), mesh))
+    finite = train_metrics.pop("finite")  # every loss and gradient norm so far
     if step_num % cfg.train.log_every == 0:
       log.train_progress(step_num, train_metrics)
+      _check_finite(finite, step_num, manager)
     if step_num % cfg.train.eval_every and step_num != num_steps:
       continue
+    _check_finite(finite, step_num, manager)  # before the evaluation and its saves
     result = evaluate(state.params, task.validation)
     value = result[metric_name]
     log.write(step_num, {k: v for k, v in result.items() if isinstance(v, float)}, "eval")
@@ -232,6 +235,14 @@ def _finetune(cfg, task: data.TaskData, run_dir: str, num_steps: int, warmup_ste
   test = evaluate(state.params, task.test, with_predictions=True)
   summary["test"] = _without_predictions(test)
   return _finish(summary, run_dir, log, task, test.get("predictions"), start_time)
+
+
+def _check_finite(finite, step: int, manager) -> None:
+  if not bool(finite):
+    saved = max(manager.all_steps(), default=None)
+    raise Diverged(f"fine-tuning diverged: a loss or gradient norm became NaN or infinite by step {step}; "
+                   f"nothing after the evaluation at step {saved} was saved. Lower config.optim.lr or keep "
+                   "config.optim.grad_clip > 0.")
 
 
 def _update_best(best_value, stale: int, value, better) -> tuple:

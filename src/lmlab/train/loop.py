@@ -73,12 +73,12 @@ def _train(cfg, run_dir: str, mesh, stop: signals.StopRequests, cleanup: context
   terms = objective.loss_terms(cfg)
   evaluate_now = lambda params: evaluate(trn, params, eval_list, terms, cfg.train.eval_batches)
 
-  # --- Train loop. Metrics of a log step are pulled to the host after the next step is dispatched; a
-  # device-side flag says whether every loss and gradient norm so far was finite, read at log steps and
-  # before every save (no extra host sync per step).
+  # --- Train loop. Metrics of a log step are pulled to the host after the next step is dispatched; the
+  # state's device-side flag says whether every loss and gradient norm so far was finite, read at log
+  # steps and before every save (no extra host sync per step).
   record = {"name": cfg.name}
   pending = None  # (step, metrics, finite flag at that step)
-  finite, checked = trn.all_finite(), start_step  # checked: the last step known to be finite
+  checked = start_step  # the last step known to be finite
 
   def flush():
     nonlocal pending
@@ -98,19 +98,18 @@ def _train(cfg, run_dir: str, mesh, stop: signals.StopRequests, cleanup: context
 
   def save(step):
     flush()
-    verify(step, finite)
+    verify(step, state.finite)
     checkpoint.save(manager, state, record)
 
   log.start(start_step)
   for step in range(start_step + 1, cfg.train.num_steps + 1):
     state, metrics = trn.train_step(state, partitioning.global_batch(next(train_iter), mesh))
-    finite = trn.still_finite(finite, metrics)
     flush()
     if step % cfg.train.log_every == 0 or step == cfg.train.num_steps:
-      pending = (step, metrics, finite)
+      pending = (step, metrics, metrics.pop("finite"))
     if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step != cfg.train.num_steps:
       flush()
-      verify(step, finite)
+      verify(step, state.finite)
       result = evaluate_now(state.params)
       log.write(step, result, "eval")
       log.print(f"eval at step {step}: {describe(result)}")

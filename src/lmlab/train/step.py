@@ -21,6 +21,15 @@ class TrainState:
   step: jax.Array
   params: Any
   opt_state: Any
+  # Every loss and gradient norm so far was finite: a device-side flag the loops read at log steps and
+  # before every save, so a divergence costs no extra host sync per step (a saved state holds True).
+  finite: jax.Array
+
+
+def new_state(params, tx) -> TrainState:
+  """Step 0 of training `params` with optimizer `tx`."""
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                    finite=jnp.ones((), bool))
 
 
 def _loss_and_sums(params, batch, norms, *, model, rng, terms):
@@ -65,7 +74,9 @@ def train_step(state: TrainState, batch, *, model, tx, schedule, seed: int, grad
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = dict(losses.metrics(sums, terms), grad_norm=optax.tree.norm(grads), lr=schedule(state.step))
-  return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+  finite = state.finite & jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+  metrics["finite"] = finite  # also here: the state's buffers are donated to the next step
+  return TrainState(step=state.step + 1, params=params, opt_state=opt_state, finite=finite), metrics
 
 
 def eval_step(params, batch, *, model, terms: tuple[losses.LossTerm, ...]):

@@ -59,7 +59,7 @@ class Trainer:
     opt_specs = optax.tree_map_params(
         self.tx, lambda _, spec: spec, jax.eval_shape(self.tx.init, abstract_params), param_specs,
         transform_non_params=lambda _: P(), is_leaf=lambda x: isinstance(x, P))
-    specs = step.TrainState(step=P(), params=param_specs, opt_state=opt_specs)
+    specs = step.TrainState(step=P(), params=param_specs, opt_state=opt_specs, finite=P())
     self.state_sharding = nn.logical_to_mesh_sharding(specs, mesh, partitioning.LOGICAL_RULES)
     self.abstract_state = jax.tree_util.tree_map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
@@ -79,21 +79,13 @@ class Trainer:
     # The model's outputs (logits, ...) on a batch: classification and decoding read them directly.
     self.outputs = jax.jit(lambda params, batch: models.apply(self.model, {"params": params}, batch),
                            in_shardings=(self.state_sharding.params, batch_sharding), out_shardings=replicated)
-    # A device-side flag: every loss and gradient norm so far was finite (see train/loop.py).
-    self.all_finite = lambda: jax.device_put(jnp.array(True), replicated)
-    self.still_finite = jax.jit(
-        lambda ok, metrics: ok & jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"]),
-        out_shardings=replicated)
-    self.fresh_state = jax.jit(
-        lambda params: step.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=self.tx.init(params)),
-        out_shardings=self.state_sharding)
+    self.fresh_state = jax.jit(lambda params: step.new_state(params, self.tx), out_shardings=self.state_sharding)
 
   def _init_params(self, rng):
     return self.model.init(rng, *self._dummy_inputs)["params"]
 
   def _init_state(self, rng):
-    params = nn.unbox(self._init_params(rng))
-    return step.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=self.tx.init(params))
+    return step.new_state(nn.unbox(self._init_params(rng)), self.tx)
 
   def param_count(self) -> int:
     return transformer.param_count(self.abstract_state.params)

@@ -4,7 +4,9 @@ r"""lmlab's command line.
   python launch.py sample --workdir runs/gpt_small --prompt "The government said"        sample
       (continues the prompt; fills its [MASK]s for masked-LM runs; decodes the targets of a corrupted
       prompt such as "Shares <extra_id_0> sharply" for encoder-decoder runs, --beam_size for beam search)
-  python launch.py sweep --config experiments/gpt.py:size=tiny                            run get_sweep()
+  python launch.py sweep --config experiments/gpt.py:size=tiny --workdir runs/pos --max_parallel 2
+      (runs get_sweep()'s points as parallel workers, skipping finished ones; --executor debug: in this
+      process; --status runs/pos: the table of points; then python -m lmlab.report runs/pos)
   python launch.py --config experiments/finetune.py:task=topic --config.init_from=runs/gpt_small   fine-tune
   python launch.py predict --workdir runs/finetune_topic_gpt_small --text "Shares rose..." [--input file]
       (a fine-tuned run's label with class probabilities, or its generated output; --input: one text per line)
@@ -41,6 +43,14 @@ flags.DEFINE_string("input", None, "predict: a UTF-8 file with one text per line
 flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0.")
 flags.DEFINE_integer("num_processes", 1, "Multi-host: number of processes.")
 flags.DEFINE_integer("process_id", 0, "Multi-host: index of this process.")
+flags.DEFINE_enum("executor", "local", ["local", "debug"],
+                  "sweep: local (parallel worker processes through submitit) or debug (in this process).")
+flags.DEFINE_integer("max_parallel", 1, "sweep: points running at once (local executor).")
+flags.DEFINE_bool("retry_failed", False, "sweep: run failed and diverged points again.")
+flags.DEFINE_float("timeout_min", 24 * 60, "sweep: time limit of each point's job, in minutes.")
+flags.DEFINE_bool("cpu_binding", True, "sweep: pin each local worker to its share of the CPU cores and threads.")
+flags.DEFINE_bool("report_plots", True, "sweep: draw the report's plots at the end.")
+flags.DEFINE_string("status", None, "sweep: print the table of points and states of this sweep directory.")
 flags.DEFINE_bool("verbose", False, "Show the Python traceback of input errors too (also LMLAB_VERBOSE=1).")
 FLAGS = flags.FLAGS
 COMMANDS = ("train", "sample", "predict", "sweep")
@@ -65,23 +75,11 @@ def _experiment_module():
   return module
 
 
-def _run(cfg):
-  """Fine-tuning for a config with a task section (experiments/finetune.py), the n-gram baseline, or
-  pretraining."""
-  if "task" in cfg:
-    from lmlab.tasks import finetune
-    return finetune.run(cfg)
-  if cfg.model.family == "ngram":
-    from lmlab.train import ngram_run
-    return ngram_run.run(cfg)
-  from lmlab.train import loop
-  return loop.train_and_evaluate(cfg)
-
-
 def train(cfg):
+  from lmlab import run
   if FLAGS.workdir:
     cfg.workdir = FLAGS.workdir
-  _run(cfg)
+  run.run(cfg)
 
 
 def sample():
@@ -115,19 +113,37 @@ def predict():
 
 
 def sweep(cfg):
-  from lmlab import config as config_lib
+  from lmlab import errors
+  from lmlab.sweeps import engine, points
+  if FLAGS.status:
+    try:
+      print(engine.status(FLAGS.status))
+    except FileNotFoundError:
+      raise app.UsageError(f"--status {FLAGS.status}: no sweep.json there; give the --workdir of a sweep.")
+    return
   module = _experiment_module()
   if not hasattr(module, "get_sweep"):
     raise app.UsageError(f"{module.__file__} declares no get_sweep().")
-  base_dir = FLAGS.workdir or cfg.workdir or os.path.join("runs", cfg.name + "_sweep")
-  for i, overrides in enumerate(module.get_sweep()):
-    run_cfg = copy.deepcopy(cfg).unlock()
-    for key, value in overrides.items():
-      config_lib.set_by_path(run_cfg, key, value)
-    name = ",".join(f"{k}={v}" for k, v in overrides.items()).replace(os.sep, "_")
-    run_cfg.workdir = os.path.join(base_dir, f"{i:02d}_{name}")
-    print(f"=== sweep run {i}: {name}")
-    _run(run_cfg)
+  if FLAGS.max_parallel < 1:
+    raise app.UsageError(f"--max_parallel={FLAGS.max_parallel} must be at least 1.")
+  sweep_dir = FLAGS.workdir or cfg.workdir or os.path.join("runs", cfg.name + "_sweep")
+  cfg.workdir = None
+  grid = points.expand(cfg, list(module.get_sweep()), sweep_dir)
+  engine.record_points(sweep_dir, grid, sys.argv)
+  print(f"sweep {sweep_dir}: {len(grid)} points, executor {FLAGS.executor}, at most {FLAGS.max_parallel} at once")
+  counts = engine.run(grid, sweep_dir, FLAGS.executor, FLAGS.max_parallel, FLAGS.retry_failed, FLAGS.timeout_min,
+                      FLAGS.cpu_binding)
+  print(engine.status(sweep_dir))
+  if counts.get("done"):
+    from lmlab import report
+    result = report.report(sweep_dir, plots=FLAGS.report_plots)
+    print(result["markdown"])
+    print("wrote " + ", ".join(result["paths"]))
+  unfinished = {k: v for k, v in counts.items() if k != "done"}
+  if unfinished:
+    raise errors.RunStopped(f"sweep {sweep_dir}: {counts.get('done', 0)} of {len(grid)} points done; "
+                            + ", ".join(f"{v} {k}" for k, v in unfinished.items())
+                            + f" (python launch.py sweep --status {sweep_dir}; --retry_failed reruns failed ones).")
 
 
 def _one_line(error: BaseException) -> str:

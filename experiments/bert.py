@@ -20,9 +20,8 @@ The sweep compares mask rates with and without whole-word masking:
   python launch.py sweep --config experiments/bert.py:size=small
 """
 
-import itertools
-
 from lmlab import config as config_lib
+from lmlab.sweeps import grid
 
 
 def get_config(arg=None):
@@ -38,5 +37,5 @@ def get_config(arg=None):
 
 def get_sweep():
   """Overrides for `launch.py sweep`: mask rate x whole-word masking."""
-  return [{"objective.mask_rate": rate, "objective.whole_word": whole}
-          for rate, whole in itertools.product((0.15, 0.3), (False, True))]
+  return grid.product(grid.sweep("objective.mask_rate", [0.15, 0.3]),
+                      grid.sweep("objective.whole_word", [False, True]))

@@ -28,9 +28,8 @@ The sweep runs the label-efficiency study of the README (45 runs; needs runs/{gp
   python launch.py sweep --config experiments/finetune.py:task=topic --workdir runs/label_fraction
 """
 
-import itertools
-
 from lmlab import config as config_lib
+from lmlab.sweeps import grid
 from lmlab.tasks import config as task_config
 
 TASKS = {"topic": "bbc_topic", "headline": "bbc_headline", "classification_file": "classification_file",
@@ -70,5 +69,4 @@ def get_sweep():
   """The label-efficiency study: 5 systems x label fractions 0.01, 0.1, 1.0 x seeds 0, 1, 2."""
   systems = [{"finetune.baseline": "tfidf_svm"}, {"init_from": None}, {"init_from": "runs/gpt_small"},
              {"init_from": "runs/bert_small"}, {"init_from": "runs/lstm_small"}]
-  return [dict(system, **{"task.label_fraction": fraction, "seed": seed})
-          for system, fraction, seed in itertools.product(systems, (0.01, 0.1, 1.0), (0, 1, 2))]
+  return grid.product(systems, grid.sweep("task.label_fraction", [0.01, 0.1, 1.0]), grid.seeds(3))

@@ -15,13 +15,13 @@ measured figures. Variants (comma separated after the colon):
   positions=learned|sinusoidal|rotary
   norm=layernorm|rmsnorm, mlp=gelu|swiglu
 Any field can be overridden on the command line, e.g. --config.optim.lr=1e-3 --config.train.num_steps=600.
-The sweep below compares position encodings and learning rates:
-  python launch.py sweep --config experiments/gpt.py:size=small
+The sweep below compares position encodings and learning rates (6 points; `python -m lmlab.report
+runs/pos` for the table and plots; README, Sweeps):
+  python launch.py sweep --config experiments/gpt.py:size=small --workdir runs/pos --max_parallel 2
 """
 
-import itertools
-
 from lmlab import config as config_lib
+from lmlab.sweeps import grid
 
 
 def get_config(arg=None):
@@ -36,5 +36,5 @@ def get_config(arg=None):
 
 def get_sweep():
   """Overrides for `launch.py sweep`: position encodings x peak learning rates."""
-  return [{"model.positions": p, "optim.lr": lr}
-          for p, lr in itertools.product(("learned", "sinusoidal", "rotary"), (1e-3, 3e-3))]
+  return grid.product(grid.sweep("model.positions", ["learned", "sinusoidal", "rotary"]),
+                      grid.sweep("optim.lr", [1e-3, 3e-3]))

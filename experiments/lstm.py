@@ -17,9 +17,8 @@ The state is reset at every document boundary of a packed row. The sweep compare
   python launch.py sweep --config experiments/lstm.py:size=small
 """
 
-import itertools
-
 from lmlab import config as config_lib
+from lmlab.sweeps import grid
 
 
 def get_config(arg=None):
@@ -38,5 +37,4 @@ def get_config(arg=None):
 
 def get_sweep():
   """Overrides for `launch.py sweep`: cell x number of layers."""
-  return [{"model.rnn_cell": cell, "model.num_layers": layers}
-          for cell, layers in itertools.product(("lstm", "gru"), (1, 2))]
+  return grid.product(grid.sweep("model.rnn_cell", ["lstm", "gru"]), grid.sweep("model.num_layers", [1, 2]))

@@ -13,6 +13,7 @@ The sweep compares orders:
 """
 
 from lmlab import config as config_lib
+from lmlab.sweeps import grid
 
 
 def get_config(arg=None):
@@ -25,4 +26,4 @@ def get_config(arg=None):
 
 def get_sweep():
   """Overrides for `launch.py sweep`: the n-gram order."""
-  return [{"model.ngram_order": order} for order in (2, 3, 4, 5)]
+  return grid.sweep("model.ngram_order", [2, 3, 4, 5])

@@ -18,9 +18,8 @@ The sweep compares noise densities and span lengths:
   python launch.py sweep --config experiments/t5.py:size=small
 """
 
-import itertools
-
 from lmlab import config as config_lib
+from lmlab.sweeps import grid
 
 
 def get_config(arg=None):
@@ -39,5 +38,5 @@ def get_config(arg=None):
 
 def get_sweep():
   """Overrides for `launch.py sweep`: noise density x mean span length."""
-  return [{"objective.noise_density": d, "objective.mean_span_length": s}
-          for d, s in itertools.product((0.15, 0.3), (3.0, 8.0))]
+  return grid.product(grid.sweep("objective.noise_density", [0.15, 0.3]),
+                      grid.sweep("objective.mean_span_length", [3.0, 8.0]))

@@ -301,25 +301,6 @@ def test_generation_learns_a_source_dependent_target(family, objective, tmp_path
   assert predicted == [{"output": "match report"}]
 
 
-def test_report_averages_seeds_per_system_and_fraction(tmp_path):
-  from lmlab.tasks import report
-  runs = [("tfidf_svm", None, 0.1, 0.9), ("tfidf_svm", None, 0.1, 0.8), ("decoder/causal_lm", "runs/gpt_small", 0.1, 0.5),
-          ("decoder/causal_lm", None, 1.0, 0.7)]
-  for i, (system, init_from, fraction, accuracy) in enumerate(runs):
-    (tmp_path / str(i)).mkdir()
-    (tmp_path / str(i) / "metrics.json").write_text(json.dumps(
-        {"task": "bbc_topic", "system": system, "init_from": init_from, "label_fraction": fraction,
-         "test": {"accuracy": accuracy}}))
-  fractions, cells = report.table(report.load(str(tmp_path)))
-  assert fractions == [0.1, 1.0]
-  assert cells["TF-IDF + linear SVM"][0.1] == [0.9, 0.8]
-  text = report.format_table(fractions, cells, "accuracy")
-  assert "| TF-IDF + linear SVM | 0.850 ± 0.050 (n=2) | - |" in text
-  assert "decoder/causal_lm from gpt_small | 0.500" in text and "decoder/causal_lm from scratch | - | 0.700" in text
-  report.plot(fractions, cells, "accuracy", str(tmp_path / "curve.png"))
-  assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
-
-
 def test_a_task_the_tokenizer_cannot_read_stops_with_the_fix(tmp_path, bbc_data_dir):
   """Chinese reviews against the English corpus's tokenizer: almost every token would be <unk>."""
   cfg = toy_config(tmp_path, bbc_data_dir)

@@ -154,7 +154,7 @@ def _finetune(cfg, task: data.TaskData, run_dir: str, num_steps: int, warmup_ste
   if cfg.finetune.baseline:
     results, predictions = baseline.fit_and_evaluate(cfg, task, run_dir, log)
     summary.update(results)
-    return _finish(summary, run_dir, log, task, predictions, start_time)
+    return _finish(cfg, summary, run_dir, log, task, predictions, start_time)
 
   # --- Tokenizer, model (pretrained body + new head, or from scratch), optimizer, sharded state.
   mesh = partitioning.make_mesh(config_lib.mesh_shape(cfg, jax.device_count()))
@@ -234,7 +234,7 @@ def _finetune(cfg, task: data.TaskData, run_dir: str, num_steps: int, warmup_ste
   summary["validation"] = _without_predictions(evaluate(state.params, task.validation))
   test = evaluate(state.params, task.test, with_predictions=True)
   summary["test"] = _without_predictions(test)
-  return _finish(summary, run_dir, log, task, test.get("predictions"), start_time)
+  return _finish(cfg, summary, run_dir, log, task, test.get("predictions"), start_time)
 
 
 def _check_finite(finite, step: int, manager) -> None:
@@ -272,7 +272,7 @@ def _without_predictions(report: dict) -> dict:
   return {k: v for k, v in report.items() if k != "predictions"}
 
 
-def _finish(summary: dict, run_dir: str, log, task: data.TaskData, predictions, start_time: float) -> dict:
+def _finish(cfg, summary: dict, run_dir: str, log, task: data.TaskData, predictions, start_time: float) -> dict:
   """Prints the validation and test reports, saves the test artifacts and metrics.json."""
   best = f"best step {summary['best_step']}: " if "best_step" in summary else ""
   log.print(f"{best}validation {evaluators.describe(summary['validation'])}")
@@ -282,6 +282,7 @@ def _finish(summary: dict, run_dir: str, log, task: data.TaskData, predictions, 
                                             f"{summary['name']}: {task.name} test"):
       log.print(line)
   summary["wall_time_s"] = time.perf_counter() - start_time
+  log.hparams(cfg.to_dict(), summary)
   workdir.write_json(run_dir, "metrics.json", summary)
   log.close()
   return summary

@@ -17,6 +17,7 @@ class MetricsLogger:
     self.enabled = jax.process_index() == 0
     self.num_steps, self.tokens_per_step = num_steps, tokens_per_step
     self._last_time = self._last_step = None
+    self._workdir = os.path.abspath(workdir)
     if self.enabled:
       self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
       self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
@@ -49,6 +50,21 @@ class MetricsLogger:
                f"lr {metrics['lr']:.2e} | {metrics['tokens_per_s']:,.0f} tok/s | "
                f"ETA {eta // 60:.0f}m{eta % 60:02.0f}s")
 
+  def hparams(self, config: dict, final: dict) -> None:
+    """The run's hyperparameters (every scalar config field) and final metrics for TensorBoard's HParams
+    dashboard, so the runs of a sweep can be compared there too."""
+    if not self.enabled:
+      return
+    from tensorboard.plugins.hparams import api as hp
+    values = {k: v if isinstance(v, (bool, int, float, str)) else json.dumps(v)
+              for k, v in _flat(config).items() if k != "workdir"}
+    with self._tb.as_default(step=0):
+      hp.hparams(values, trial_id=self._workdir)
+      for key, value in _flat(final).items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+          tf.summary.scalar(f"final/{key}", value)
+    self._tb.flush()
+
   def print(self, text: str) -> None:
     if self.enabled:
       print(text, flush=True)
@@ -57,3 +73,14 @@ class MetricsLogger:
     if self.enabled:
       self._jsonl.close()
       self._tb.close()
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+  """{"a": {"b": 1}} -> {"a.b": 1}; lists and None stay leaves."""
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flat(value, f"{prefix}{key}."))
+    elif value is not None:
+      out[f"{prefix}{key}"] = value
+  return out

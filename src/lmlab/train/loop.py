@@ -138,6 +138,7 @@ def _train(cfg, run_dir: str, mesh, stop: signals.StopRequests, cleanup: context
   checkpoint.finish(manager)
   summary = {"step": final_step, "validation": result, "parameters": trn.param_count(),
              "flops_per_token": trn.flops_per_token(), "wall_time_s": time.perf_counter() - start_time}
+  log.hparams(cfg.to_dict(), summary)
   workdir.write_json(run_dir, "metrics.json", summary)
   log.close()
   return summary

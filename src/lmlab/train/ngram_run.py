@@ -36,6 +36,7 @@ def _fit_and_score(cfg, run_dir: str, start_time: float) -> dict:
   log.print(f"{cfg.model.ngram_order}-gram Kneser-Ney: validation {describe(result)}")
   summary = {"step": 0, "validation": result, "ngrams": sum(len(level.keys) for level in lm.levels),
              "wall_time_s": time.perf_counter() - start_time}
+  log.hparams(cfg.to_dict(), summary)
   workdir.write_json(run_dir, "metrics.json", summary)
   log.close()
   return summary

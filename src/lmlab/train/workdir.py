@@ -15,6 +15,7 @@ from jax.experimental import multihost_utils
 
 from lmlab.data import sources, tokenizer
 from lmlab.errors import ConfigError, UserError
+from lmlab.train import provenance
 
 LOCK_FILE = ".lock"
 
@@ -38,7 +39,13 @@ def run_in(cfg, default: str | None = None, frozen: tuple[str, ...] = FROZEN_ON_
   workdir = cfg.workdir or default or os.path.join("runs", cfg.name)
   with lock(workdir, cfg.train.get("lock_wait_s", 0.0)):
     _save_config(cfg, workdir, frozen)
-    yield workdir
+    entry = provenance.start(workdir)
+    try:
+      yield workdir
+    except BaseException as e:
+      provenance.end(workdir, entry, f"error: {type(e).__name__}: {' '.join(str(e).split())[:500]}")
+      raise
+    provenance.end(workdir, entry, "finished")
 
 
 @contextlib.contextmanager

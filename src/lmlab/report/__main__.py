@@ -1,0 +1,3 @@
+from lmlab.report import main
+
+main()

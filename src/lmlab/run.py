@@ -1,0 +1,14 @@
+"""One run of any kind, chosen by its config: fine-tuning (a config with a `task` section), the n-gram
+baseline, or pretraining. launch.py and the sweep workers both start runs here."""
+
+
+def run(cfg) -> dict:
+  """Runs (or resumes) cfg in cfg.workdir and returns the summary it wrote to metrics.json."""
+  if "task" in cfg:
+    from lmlab.tasks import finetune
+    return finetune.run(cfg)
+  if cfg.model.family == "ngram":
+    from lmlab.train import ngram_run
+    return ngram_run.run(cfg)
+  from lmlab.train import loop
+  return loop.train_and_evaluate(cfg)

@@ -1,0 +1,248 @@
+"""Runs a sweep's points on submitit: `debug` in this process, one after another; `local` as parallel
+worker processes (LocalExecutor) in a bounded window of max_parallel, each pinned to its share of the
+machine. (submitit's local executor starts every job it is given at once: the window is ours.)
+
+Safe to re-run: finished points are skipped, interrupted ones resume from their checkpoints, failed and
+diverged ones are left alone unless retry_failed. A launcher claims each point before it submits it (a
+flock held while the job runs), so two launches of one sweep never train a point twice. A stop signal
+to the launcher stops its workers at their next step boundary (each saves a checkpoint) and records them
+as preempted; running the same command again resumes them.
+"""
+
+import datetime
+import json
+import os
+import signal
+import socket
+import sys
+import time
+
+import submitit
+
+from lmlab.errors import Interrupted
+from lmlab.sweeps import points as points_lib
+from lmlab.sweeps import worker
+from lmlab.train import signals
+
+EXECUTORS = ("debug", "local")
+SWEEP_FILE, EVENTS_FILE = "sweep.json", "sweep.jsonl"
+STOP_GRACE_S = 120  # how long stopped workers get to save before they are killed
+
+
+def _now() -> str:
+  return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def record_points(sweep_dir: str, points: list[points_lib.Point], command: list[str]) -> None:
+  """sweep.json: every point any launch of this sweep declared (a grown grid keeps the old points)."""
+  path = os.path.join(sweep_dir, SWEEP_FILE)
+  known = read_points(sweep_dir)
+  for p in points:
+    known[p.name] = {"name": p.name, "hash": p.key, "overrides": p.overrides}
+  os.makedirs(sweep_dir, exist_ok=True)
+  with open(path + ".tmp", "w") as f:
+    json.dump({"command": command, "points": list(known.values())}, f, indent=2, default=str)
+  os.replace(path + ".tmp", path)
+
+
+def read_points(sweep_dir: str) -> dict:
+  try:
+    with open(os.path.join(sweep_dir, SWEEP_FILE)) as f:
+      return {p["name"]: p for p in json.load(f)["points"]}
+  except (OSError, ValueError, KeyError):
+    return {}
+
+
+def _event(sweep_dir: str, point: points_lib.Point, state: str, **fields) -> None:
+  """One line of sweep.jsonl, the sweep's log of submissions and outcomes."""
+  row = {"time": _now(), "point": point.name, "hash": point.key, "overrides": point.overrides, "state": state,
+         "host": socket.gethostname(), **fields}
+  with open(os.path.join(sweep_dir, EVENTS_FILE), "a") as f:
+    f.write(json.dumps(row, default=str) + "\n")
+
+
+def _executor(kind: str, folder: str, timeout_min: float):
+  if kind == "debug":
+    return submitit.DebugExecutor(folder)
+  executor = submitit.LocalExecutor(folder)
+  executor.update_parameters(timeout_min=timeout_min)  # submitit's local default is 2 minutes
+  return executor
+
+
+def _visible_gpus() -> list[int]:
+  visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+  return [int(g) for g in visible.split(",") if g.strip().isdigit()]
+
+
+class _Running:
+  def __init__(self, point, job, claim_fd, slot, started):
+    self.point, self.job, self.claim_fd, self.slot, self.started = point, job, claim_fd, slot, started
+
+
+def run(points: list[points_lib.Point], sweep_dir: str, executor: str = "local", max_parallel: int = 1,
+        retry_failed: bool = False, timeout_min: float = 24 * 60, cpu_binding: bool = True,
+        poll_s: float = 1.0, out=print) -> dict:
+  """Runs every point that is not finished (see the module docstring) and returns {state: count} over
+  all points. Raises Interrupted when a signal stopped the sweep."""
+  if executor not in EXECUTORS:
+    raise ValueError(f"executor {executor!r} is not one of {EXECUTORS}")
+  if executor == "debug":
+    max_parallel = 1
+  todo, skipped = [], {}
+  for p in points:
+    s = points_lib.state(p.workdir)
+    if s == "done" or (s in ("failed", "diverged") and not retry_failed):
+      skipped[p.name] = s
+    else:
+      todo.append(p)  # a running one waits for its claim below
+  for name, s in skipped.items():
+    out(f"  {name}: {s}" + (", skipped (--retry_failed runs it again)" if s in ("failed", "diverged") else
+                            ", skipped"))
+  if todo:
+    from lmlab.sweeps import prepare  # imports TensorFlow: only when something will run
+    prepare.shared(todo, sweep_dir, out)
+  slots = worker.local_slots(max_parallel, sorted(os.sched_getaffinity(0)), _visible_gpus(), cpu_binding)
+  submitter = _executor(executor, os.path.join(sweep_dir, "submitit", "%j"), timeout_min)
+  os.environ["LMLAB_COMMAND"] = json.dumps(sys.argv)  # the command a worker's provenance records
+  os.environ["PYTHONPATH"] = os.pathsep.join(  # workers import lmlab even from an uninstalled checkout
+      [os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))]
+      + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+  running: list[_Running] = []
+  walls = []
+  pending, elsewhere = list(todo), []  # elsewhere: claimed by another launch (or run) of this sweep
+  with signals.StopRequests() as stop:
+    while (pending or running or elsewhere) and stop.signum is None:
+      for point in list(elsewhere):  # its claim released: finished there, or left for us to run
+        fd = _try_claim(point)
+        if fd is not None:
+          os.close(fd)
+          elsewhere.remove(point)
+          if points_lib.state(point.workdir) in ("pending", "preempted"):
+            pending.append(point)
+      free = [s for s in slots if all(r.slot != s for r in running)]
+      while pending and free and stop.signum is None:
+        point = pending.pop(0)
+        fd = _try_claim(point)
+        if fd is None:
+          elsewhere.append(point)
+          out(f"  {point.name}: running in another launch of this sweep; waiting for it")
+          continue
+        slot = free.pop(0)
+        job = submitter.submit(worker.run_point, point.config.to_dict(), None if executor == "debug" else slot)
+        _event(sweep_dir, point, "running", job_id=job.job_id, slot=slot.index)
+        out(f"  {point.name}: started (job {job.job_id}" + (f", cpus {list(slot.cpus)})" if slot.cpus and
+                                                             executor != "debug" else ")"))
+        running.append(_Running(point, job, fd, slot, time.time()))
+        if executor == "debug":
+          break  # runs inside done(), below
+      for r in [r for r in running if r.job.done()]:
+        running.remove(r)
+        outcome = _outcome(r)
+        walls.append(outcome.get("wall_time_s") or time.time() - r.started)
+        os.close(r.claim_fd)
+        _event(sweep_dir, r.point, outcome["state"], job_id=r.job.job_id, wall_time_s=outcome.get("wall_time_s"),
+               error=outcome.get("error"))
+        out(f"  {r.point.name}: {outcome['state']}" + (f": {outcome['error']}" if outcome.get("error") else ""))
+        out(_progress(points, running, walls, max_parallel))
+        if executor == "debug" and outcome["state"] == "preempted":
+          stop.signum = stop.signum or signal.SIGTERM  # the in-process run got the signal, not us
+      if (running or elsewhere) and stop.signum is None:
+        time.sleep(poll_s)
+    if stop.signum is not None:
+      _stop_workers(running, sweep_dir, out)
+      raise Interrupted(f"sweep stopped by {stop.name}: {len(running)} running point(s) saved and preempted; "
+                        "run the same command to resume.", stop.signum)
+  return counts(points)
+
+
+def _try_claim(point: points_lib.Point) -> int | None:
+  """The point's claim (an fd to close when done), or None while another launcher holds it or a live
+  process trains in its directory (e.g. a worker that outlived a killed launcher)."""
+  fd = points_lib.claim(point.workdir)
+  if fd is not None and points_lib.lock_holder(point.workdir):
+    os.close(fd)
+    return None
+  return fd
+
+
+def _outcome(r: _Running) -> dict:
+  """The worker's outcome: its return value, else its outcome.json, else a failure naming the log."""
+  try:
+    outcome = r.job.result()
+    if isinstance(outcome, dict) and "state" in outcome:
+      return outcome
+  except Exception:  # the worker process died (killed, out of memory) before returning
+    pass
+  saved = points_lib.read_outcome(r.point.workdir)
+  if saved and os.path.getmtime(os.path.join(r.point.workdir, points_lib.OUTCOME)) >= r.started:
+    return saved
+  log = getattr(r.job.paths, "stdout", "its log")
+  return {"state": "failed", "error": f"the worker ended without an outcome (killed?); see {log}"}
+
+
+def _stop_workers(running: list[_Running], sweep_dir: str, out) -> None:
+  """SIGTERM to each worker (it saves at its next step boundary and exits), then wait; a job that is not
+  done after STOP_GRACE_S is cancelled."""
+  for r in running:
+    holder = points_lib.lock_holder(r.point.workdir)
+    if holder and holder.endswith(socket.gethostname()):
+      os.kill(int(holder.split()[1]), signal.SIGTERM)
+    else:
+      r.job.cancel()  # not training yet: nothing to save
+  deadline = time.time() + STOP_GRACE_S
+  while any(not r.job.done() for r in running) and time.time() < deadline:
+    time.sleep(0.5)
+  for r in running:
+    if not r.job.done():
+      r.job.cancel()
+    _event(sweep_dir, r.point, "preempted", job_id=r.job.job_id)
+    out(f"  {r.point.name}: preempted")
+    os.close(r.claim_fd)
+
+
+def counts(points: list[points_lib.Point]) -> dict:
+  result = {}
+  for p in points:
+    s = points_lib.state(p.workdir)
+    result[s] = result.get(s, 0) + 1
+  return result
+
+
+def _progress(points, running, walls, max_parallel) -> str:
+  c = counts(points)
+  c["running"] = len(running)  # this launch's jobs, also those still starting up
+  total, done = len(points), c.get("done", 0)
+  left = total - done - c.get("failed", 0) - c.get("diverged", 0) - len(running) / 2
+  eta = ""
+  if walls and left:
+    seconds = sum(walls) / len(walls) * left / max_parallel
+    eta = f"; ETA {seconds // 60:.0f}m{seconds % 60:02.0f}s"
+  return (f"progress: {done}/{total} done, {c.get('running', 0)} running, {c.get('failed', 0)} failed, "
+          f"{c.get('diverged', 0)} diverged, {c.get('preempted', 0)} preempted{eta}")
+
+
+def status(sweep_dir: str) -> str:
+  """The table of a sweep's points (from sweep.json, their directories and sweep.jsonl) and one progress
+  line."""
+  known = read_points(sweep_dir)
+  if not known:
+    raise FileNotFoundError(sweep_dir)
+  last = {}
+  events = os.path.join(sweep_dir, EVENTS_FILE)
+  if os.path.exists(events):
+    with open(events) as f:
+      for row in map(json.loads, f):
+        last[row["point"]] = dict(last.get(row["point"], {}), **{k: v for k, v in row.items() if v is not None})
+  lines = ["| point | state | job | wall time | note |", "|---|---|---|---|---|"]
+  c = {}
+  for name in known:
+    s = points_lib.state(os.path.join(sweep_dir, name))
+    c[s] = c.get(s, 0) + 1
+    ev = last.get(name, {})
+    wall = f"{ev['wall_time_s']:.0f} s" if isinstance(ev.get("wall_time_s"), (int, float)) else "-"
+    note = (ev.get("error") or "")[:100] if s in ("failed", "diverged", "preempted") else ""
+    lines.append(f"| {name} | {s} | {ev.get('job_id', '-')} | {wall} | {note} |")
+  lines.append(f"{c.get('done', 0)}/{len(known)} done, {c.get('running', 0)} running, {c.get('failed', 0)} failed, "
+               f"{c.get('diverged', 0)} diverged, {c.get('preempted', 0)} preempted, "
+               f"{c.get('pending', 0)} pending")
+  return "\n".join(lines)

@@ -1,0 +1,134 @@
+"""Sweeps: grid declarations, point identity and state on disk, claims, worker slots, and the engine on
+the n-gram experiment (seconds per point) with the in-process debug executor."""
+
+import json
+import os
+import threading
+
+import pytest
+
+from launching import experiment_config
+from lmlab.errors import ConfigError
+from lmlab.sweeps import engine, grid, points, worker
+from lmlab.train import workdir
+
+
+def test_grid_helpers_build_products_zips_chains_and_seeds():
+  lrs = grid.sweep("optim.lr", [1e-3, 3e-3])
+  assert grid.product(lrs, grid.seeds(2)) == [
+      {"optim.lr": 1e-3, "seed": 0}, {"optim.lr": 1e-3, "seed": 1},
+      {"optim.lr": 3e-3, "seed": 0}, {"optim.lr": 3e-3, "seed": 1}]
+  sizes = grid.zip(grid.sweep("model.d_model", [64, 128]), grid.sweep("model.num_heads", [2, 4]))
+  assert sizes == [{"model.d_model": 64, "model.num_heads": 2}, {"model.d_model": 128, "model.num_heads": 4}]
+  assert grid.chain(lrs, grid.fixed(**{"optim.lr": 1e-2})) == lrs + [{"optim.lr": 1e-2}]
+  with pytest.raises(ValueError, match="one length"):
+    grid.zip(lrs, grid.seeds(3))
+  with pytest.raises(ValueError, match="sets \\['optim.lr'\\] twice"):
+    grid.product(lrs, lrs)
+
+
+def test_points_are_named_by_their_overrides_and_hashed_by_what_changes_results(tmp_path):
+  base = experiment_config("gpt.py:size=tiny")
+  expanded = points.expand(base, [{"optim.lr": 1e-3, "model.positions": "rotary"}, {"optim.lr": 3e-3},
+                                  {"optim.lr": 1e-3, "model.positions": "rotary"}], str(tmp_path))
+  assert len(expanded) == 2  # the repeated override dict is the same point
+  a, b = expanded
+  assert a.name == f"lr=0.001,positions=rotary-{a.key}" and a.workdir == str(tmp_path / a.name)
+  assert a.config.optim.lr == 1e-3 and a.config.workdir == a.workdir and a.key != b.key
+  # Cadence and names do not change results; the learning rate does.
+  changed = experiment_config("gpt.py:size=tiny", **{"optim.lr": 1e-3, "model.positions": "rotary",
+                                                      "train.log_every": 7, "name": "other"})
+  assert points.results_hash(changed) == a.key
+  assert points.readable({"a.lr": 1, "b.lr": 2, "data.text_glob": "x/*.txt"}) == "a.lr=1,b.lr=2,text_glob=x_.txt"
+  with pytest.raises(ConfigError, match="get_sweep\\(\\) item 0 .*optim.lrr"):
+    points.expand(base, [{"optim.lrr": 1.0}], str(tmp_path))
+
+
+def test_a_points_state_is_read_from_its_directory(tmp_path):
+  point = str(tmp_path / "p")
+  assert points.state(point) == "pending"
+  os.makedirs(point)
+  (tmp_path / "p" / "config.json").write_text("{}")
+  assert points.state(point) == "preempted"  # started, killed without an outcome
+  points.write_outcome(point, {"state": "diverged", "error": "nan"})
+  assert points.state(point) == "diverged"
+  with workdir.lock(point):
+    assert points.state(point) == "running" and points.lock_holder(point).startswith(f"pid {os.getpid()} ")
+  assert points.state(point) == "diverged" and points.lock_holder(point) is None  # released
+  (tmp_path / "p" / "metrics.json").write_text("{}")
+  assert points.state(point) == "done"
+
+
+def test_a_point_is_claimed_by_one_launcher_at_a_time(tmp_path):
+  fd = points.claim(str(tmp_path / "p"))
+  assert fd is not None and points.claim(str(tmp_path / "p")) is None
+  os.close(fd)
+  second = points.claim(str(tmp_path / "p"))
+  assert second is not None
+  os.close(second)
+
+
+def test_local_slots_split_the_cores_and_gpus():
+  assert [s.cpus for s in worker.local_slots(2, [0, 1], [])] == [(0,), (1,)]
+  assert [s.cpus for s in worker.local_slots(2, [0, 1, 2, 3, 4], [])] == [(0, 1), (2, 3)]
+  assert [s.cpus for s in worker.local_slots(3, [0, 1], [])] == [(0,), (1,), (0,)]  # more slots than cores
+  assert [s.gpus for s in worker.local_slots(2, [0, 1], [0, 1, 2, 3])] == [(0, 1), (2, 3)]
+  assert [s.cpus for s in worker.local_slots(2, [0, 1], [], bind=False)] == [None, None]
+
+
+def _ngram_points(tmp_path, bbc_data_dir, orders, seeds=(0,)):
+  base = experiment_config("ngram.py:size=tiny", **{"data.tfds_data_dir": bbc_data_dir})
+  return points.expand(base, grid.product(grid.sweep("model.ngram_order", orders), grid.sweep("seed", seeds)),
+                       str(tmp_path / "sweep"))
+
+
+def _starts(point) -> int:
+  with open(os.path.join(point.workdir, "provenance.json")) as f:
+    return len(json.load(f)["runs"])
+
+
+def test_a_sweep_reruns_only_what_is_not_finished(tmp_path, bbc_data_dir):
+  sweep_dir = str(tmp_path / "sweep")
+  lines = []
+  first = _ngram_points(tmp_path, bbc_data_dir, (2, 3))
+  assert engine.run(first, sweep_dir, "debug", out=lines.append) == {"done": 2}
+  assert sum("training the shared tokenizer" in line for line in lines) == 1  # once for both points
+  for p in first:
+    record = json.load(open(os.path.join(p.workdir, "provenance.json")))["runs"][0]
+    assert record["outcome"] == "finished" and record["versions"]["jax"] and record["devices"]["count"] >= 1
+    assert record["git"]["commit"] is None or len(record["git"]["commit"]) == 40
+    events = os.listdir(os.path.join(p.workdir, "tensorboard"))
+    assert events and _has_hparams(os.path.join(p.workdir, "tensorboard"))
+  # The same sweep again: nothing runs. With a second seed: only the two new points run.
+  assert engine.run(first, sweep_dir, "debug", out=lines.append) == {"done": 2}
+  grown = _ngram_points(tmp_path, bbc_data_dir, (2, 3), seeds=(0, 1))
+  lines.clear()
+  assert engine.run(grown, sweep_dir, "debug", out=lines.append) == {"done": 4}
+  assert [_starts(p) for p in grown] == [1, 1, 1, 1]
+  assert sum(line.endswith(": done") for line in lines) == 2
+  # A failed point is left alone unless retried; a point another launcher holds is waited for.
+  os.remove(os.path.join(grown[0].workdir, "metrics.json"))
+  points.write_outcome(grown[0].workdir, {"state": "failed", "error": "boom"})
+  assert engine.run(grown, sweep_dir, "debug", out=lines.append) == {"done": 3, "failed": 1}
+  assert engine.run(grown, sweep_dir, "debug", retry_failed=True, out=lines.append) == {"done": 4}
+  assert _starts(grown[0]) == 2
+  # A point that another launch has claimed is waited for, then run here if that launch left it.
+  os.remove(os.path.join(grown[1].workdir, "metrics.json"))
+  held = points.claim(grown[1].workdir)
+  threading.Timer(2.0, os.close, [held]).start()
+  lines.clear()
+  assert engine.run(grown, sweep_dir, "debug", poll_s=0.2, out=lines.append) == {"done": 4}
+  assert any("running in another launch" in line for line in lines) and _starts(grown[1]) == 2
+  engine.record_points(sweep_dir, grown, ["launch.py", "sweep"])
+  table = engine.status(sweep_dir)
+  assert table.count("| done |") == 4 and "4/4 done" in table
+
+
+def _has_hparams(tb_dir: str) -> bool:
+  import tensorflow as tf
+  for name in os.listdir(tb_dir):
+    for event in tf.compat.v1.train.summary_iterator(os.path.join(tb_dir, name)):
+      for value in event.summary.value:
+        if value.metadata.plugin_data.plugin_name == "hparams":
+          return True
+  return False

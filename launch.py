@@ -172,6 +172,8 @@ def main(argv):
   # orbax logs every save, and the errors it also raises (those become one `error:` line); TFDS warns
   # about its own internals. --verbose shows them.
   logging.set_verbosity(logging.INFO if _verbose() else logging.FATAL)
+  if _verbose():
+    os.environ["LMLAB_VERBOSE"] = "1"  # and in sweep workers
   from lmlab import errors
   try:
     if len(argv) > 2 or (len(argv) == 2 and argv[1] not in COMMANDS):

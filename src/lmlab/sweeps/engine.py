@@ -209,10 +209,11 @@ def counts(points: list[points_lib.Point]) -> dict:
 
 
 def _progress(points, running, walls, max_parallel) -> str:
-  c = counts(points)
-  c["running"] = len(running)  # this launch's jobs, also those still starting up
+  mine = {r.point.name for r in running}  # this launch's jobs, also those still starting up or ending
+  c = counts([p for p in points if p.name not in mine])
+  c["running"] = c.get("running", 0) + len(running)
   total, done = len(points), c.get("done", 0)
-  left = total - done - c.get("failed", 0) - c.get("diverged", 0) - len(running) / 2
+  left = max(total - done - c.get("failed", 0) - c.get("diverged", 0) - len(running) / 2, 0)
   eta = ""
   if walls and left:
     seconds = sum(walls) / len(walls) * left / max_parallel

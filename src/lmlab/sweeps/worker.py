@@ -61,7 +61,8 @@ def run_point(config: dict, slot: Slot | None = None) -> dict:
 
   from lmlab import errors, run
   from lmlab.sweeps import points
-  logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+  # As quiet as launch.py: orbax logs every save, TFDS its internals (LMLAB_VERBOSE=1 shows them).
+  logging.set_verbosity(logging.INFO if os.environ.get("LMLAB_VERBOSE", "") not in ("", "0") else logging.FATAL)
   cfg = ml_collections.ConfigDict(config)
   error = None
   try:

@@ -12,7 +12,8 @@ r"""lmlab's command line.
       (a fine-tuned run's label with class probabilities, or its generated output; --input: one text per line)
 
 Multi-host: start one process per host with --num_processes, --process_id and --coordinator_address
-(host:port of process 0); every process runs the same command.
+(host:port of process 0); every process runs the same command. Under srun with several tasks
+(`srun -n 2 python launch.py ...`) the processes find each other from Slurm's environment.
 """
 
 import copy
@@ -43,13 +44,24 @@ flags.DEFINE_string("input", None, "predict: a UTF-8 file with one text per line
 flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0.")
 flags.DEFINE_integer("num_processes", 1, "Multi-host: number of processes.")
 flags.DEFINE_integer("process_id", 0, "Multi-host: index of this process.")
-flags.DEFINE_enum("executor", "local", ["local", "debug"],
-                  "sweep: local (parallel worker processes through submitit) or debug (in this process).")
+flags.DEFINE_enum("executor", "local", ["local", "debug", "slurm"],
+                  "sweep: local (parallel worker processes through submitit), debug (in this process) or slurm "
+                  "(one Slurm job array).")
+flags.DEFINE_string("partition", None, "sweep --executor slurm: the partition (default: the cluster's).")
+flags.DEFINE_integer("nodes", 1, "sweep --executor slurm: nodes per point (a multi-host run over them).")
+flags.DEFINE_integer("tasks_per_node", 1, "sweep --executor slurm: processes per node (one per GPU).")
+flags.DEFINE_integer("gpus_per_node", 0, "sweep --executor slurm: GPUs per node.")
+flags.DEFINE_integer("cpus_per_task", None, "sweep --executor slurm: CPUs per process.")
+flags.DEFINE_integer("array_parallelism", 256, "sweep --executor slurm: array tasks running at once.")
+flags.DEFINE_multi_string("sbatch", [], "sweep --executor slurm: extra sbatch option key=value (repeatable), "
+                          "e.g. --sbatch qos=high --sbatch account=lm.")
 flags.DEFINE_integer("max_parallel", 1, "sweep: points running at once (local executor).")
 flags.DEFINE_bool("retry_failed", False, "sweep: run failed and diverged points again.")
 flags.DEFINE_float("timeout_min", 24 * 60, "sweep: time limit of each point's job, in minutes.")
 flags.DEFINE_bool("cpu_binding", True, "sweep: pin each local worker to its share of the CPU cores and threads.")
 flags.DEFINE_bool("report_plots", True, "sweep: draw the report's plots at the end.")
+flags.DEFINE_bool("search", False, "sweep: an Optuna search over get_search_space() instead of the grid; "
+                  "--max_parallel (slurm: --array_parallelism) workers share one study.")
 flags.DEFINE_string("status", None, "sweep: print the table of points and states of this sweep directory.")
 flags.DEFINE_bool("verbose", False, "Show the Python traceback of input errors too (also LMLAB_VERBOSE=1).")
 FLAGS = flags.FLAGS
@@ -57,14 +69,10 @@ COMMANDS = ("train", "sample", "predict", "sweep")
 
 
 def _init_distributed():
-  import jax
-  if FLAGS.num_processes > 1:
-    if not FLAGS.coordinator_address:
-      raise app.UsageError("--num_processes > 1 needs --coordinator_address=host:port of process 0.")
-    # Cross-process collectives of the CPU backend (no effect on GPU/TPU). Not conditional on
-    # jax.default_backend(): asking initializes the backend, after which initialize() refuses to run.
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  from lmlab import distributed
+  if FLAGS.num_processes > 1 and not FLAGS.coordinator_address:
+    raise app.UsageError("--num_processes > 1 needs --coordinator_address=host:port of process 0.")
+  distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
 
 
 def _experiment_module():
@@ -122,6 +130,8 @@ def sweep(cfg):
       raise app.UsageError(f"--status {FLAGS.status}: no sweep.json there; give the --workdir of a sweep.")
     return
   module = _experiment_module()
+  if FLAGS.search:
+    return _search(cfg, module)
   if not hasattr(module, "get_sweep"):
     raise app.UsageError(f"{module.__file__} declares no get_sweep().")
   if FLAGS.max_parallel < 1:
@@ -130,9 +140,11 @@ def sweep(cfg):
   cfg.workdir = None
   grid = points.expand(cfg, list(module.get_sweep()), sweep_dir)
   engine.record_points(sweep_dir, grid, sys.argv)
-  print(f"sweep {sweep_dir}: {len(grid)} points, executor {FLAGS.executor}, at most {FLAGS.max_parallel} at once")
+  window = FLAGS.array_parallelism if FLAGS.executor == "slurm" else 1 if FLAGS.executor == "debug" else FLAGS.max_parallel
+  print(f"sweep {sweep_dir}: {len(grid)} points, executor {FLAGS.executor}, at most {window} at once")
+  slurm_options = _slurm_options()
   counts = engine.run(grid, sweep_dir, FLAGS.executor, FLAGS.max_parallel, FLAGS.retry_failed, FLAGS.timeout_min,
-                      FLAGS.cpu_binding)
+                      FLAGS.cpu_binding, slurm_options=slurm_options)
   print(engine.status(sweep_dir))
   if counts.get("done"):
     from lmlab import report
@@ -144,6 +156,43 @@ def sweep(cfg):
     raise errors.RunStopped(f"sweep {sweep_dir}: {counts.get('done', 0)} of {len(grid)} points done; "
                             + ", ".join(f"{v} {k}" for k, v in unfinished.items())
                             + f" (python launch.py sweep --status {sweep_dir}; --retry_failed reruns failed ones).")
+
+
+def _slurm_options():
+  from lmlab.sweeps import slurm
+  if FLAGS.executor != "slurm":
+    return None
+  try:
+    slurm.check_available()
+  except FileNotFoundError:
+    raise app.UsageError("--executor slurm needs Slurm's sbatch on this machine (a login node of the cluster); "
+                         "use --executor local here.")
+  options = slurm.Options(FLAGS.partition, int(FLAGS.timeout_min), FLAGS.nodes, FLAGS.tasks_per_node,
+                          FLAGS.gpus_per_node, FLAGS.cpus_per_task, FLAGS.array_parallelism, tuple(FLAGS.sbatch))
+  try:
+    options.parameters()
+  except ValueError as e:
+    raise app.UsageError(str(e))
+  return options
+
+
+def _search(cfg, module):
+  from lmlab.sweeps import engine, search
+  if not hasattr(module, "get_search_space"):
+    raise app.UsageError(f"{module.__file__} declares no get_search_space() (sweep --search needs one).")
+  space = search.check_space(module.get_search_space())
+  sweep_dir = FLAGS.workdir or cfg.workdir or os.path.join("runs", cfg.name + "_search")
+  cfg.workdir = None
+  workers = FLAGS.max_parallel if FLAGS.executor != "slurm" else FLAGS.array_parallelism
+  print(engine.search(cfg, space, sweep_dir, FLAGS.executor, min(workers, space["trials"]), FLAGS.timeout_min,
+                      FLAGS.cpu_binding, _slurm_options()))
+  from lmlab import errors, report
+  try:
+    result = report.report(sweep_dir, plots=FLAGS.report_plots)
+  except errors.UserError as e:  # no trial finished (all pruned or failed)
+    print(f"no report: {e}")
+    return
+  print(result["markdown"])
 
 
 def _one_line(error: BaseException) -> str:
@@ -201,7 +250,8 @@ def _exit(code: int) -> None:
   """Ends the process now. Background threads (orbax's asynchronous saves) must not keep a failed run
   alive at interpreter shutdown: a worker that hangs after an error would hold its sweep slot or cluster
   allocation forever. Every save this process meant to keep has been waited for by then."""
-  if code == 0 and FLAGS.num_processes > 1:
+  from lmlab import distributed
+  if code == 0 and distributed.initialized:
     import jax
     jax.distributed.shutdown()  # the others may still be leaving the coordination service
   sys.stdout.flush()

@@ -38,3 +38,11 @@ def get_sweep():
   """Overrides for `launch.py sweep`: position encodings x peak learning rates."""
   return grid.product(grid.sweep("model.positions", ["learned", "sinusoidal", "rotary"]),
                       grid.sweep("optim.lr", [1e-3, 3e-3]))
+
+
+def get_search_space():
+  """`launch.py sweep --search`: an Optuna search (TPE, median pruning) over the peak learning rate, weight
+  decay and position encoding, minimizing validation loss."""
+  return {"params": {"optim.lr": ("log_float", 3e-4, 1e-2), "optim.weight_decay": ("float", 0.0, 0.2),
+                     "model.positions": ("categorical", ["learned", "rotary"])},
+          "trials": 12, "metric": "validation.loss", "direction": "minimize"}

@@ -27,3 +27,9 @@ def get_config(arg=None):
 def get_sweep():
   """Overrides for `launch.py sweep`: the n-gram order."""
   return grid.sweep("model.ngram_order", [2, 3, 4, 5])
+
+
+def get_search_space():
+  """`launch.py sweep --search`: the order by Optuna (a toy search: seconds per trial; used by the tests)."""
+  return {"params": {"model.ngram_order": ("int", 2, 6)}, "trials": 4, "metric": "validation.loss",
+          "direction": "minimize"}

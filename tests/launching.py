@@ -45,3 +45,28 @@ def capture(fn, *args):
   with contextlib.redirect_stdout(out):
     result = fn(*args)
   return result, out.getvalue()
+
+
+GPT_VARIANT = """
+import importlib.util
+from lmlab.sweeps import grid
+spec = importlib.util.spec_from_file_location("gpt", {gpt!r})
+gpt = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(gpt)
+
+def get_config(arg=None):
+  c = gpt.get_config(arg)
+  c.train.num_steps, c.train.checkpoint_every, c.train.eval_every, c.train.log_every = {num_steps}, 50, 0, 1
+  return c
+
+def get_sweep():
+  return grid.sweep("optim.lr", {lrs!r})
+"""
+
+
+def gpt_variant(path, num_steps: int, lrs: list) -> str:
+  """An experiment file at `path`: experiments/gpt.py with num_steps steps (a checkpoint every 50, no
+  periodic evaluation, every step logged) and a sweep over the learning rates `lrs`."""
+  with open(path, "w") as f:
+    f.write(GPT_VARIANT.format(gpt=os.path.join(ROOT, "experiments", "gpt.py"), num_steps=num_steps, lrs=lrs))
+  return str(path)

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from launching import ROOT, TINY, launch
+from launching import ROOT, TINY, gpt_variant, launch
 
 pytestmark = pytest.mark.e2e
 
@@ -249,28 +249,10 @@ def test_sweep_runs_points_in_a_window_and_concurrent_launches_share_them(tmp_pa
   assert again.count(": done, skipped") == 4 and "started" not in again
 
 
-TWO_LEARNING_RATES = """
-import importlib.util
-from lmlab.sweeps import grid
-spec = importlib.util.spec_from_file_location("gpt", {gpt!r})
-gpt = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(gpt)
-
-def get_config(arg=None):
-  c = gpt.get_config(arg)
-  c.train.num_steps, c.train.checkpoint_every, c.train.eval_every, c.train.log_every = 400, 50, 0, 1
-  return c
-
-def get_sweep():
-  return grid.sweep("optim.lr", [1e-3, 3e-3])
-"""
-
-
 def test_a_stopped_sweep_saves_its_workers_and_the_rerun_resumes_them(tmp_path, bbc_data_dir, compilation_cache):
   """SIGTERM to a local sweep: each worker saves at its next step boundary, the launcher exits 143 naming
   the preempted points, and the same command resumes them from their checkpoints to the end."""
-  experiment = tmp_path / "two_lrs.py"
-  experiment.write_text(TWO_LEARNING_RATES.format(gpt=os.path.join(ROOT, "experiments", "gpt.py")))
+  experiment = gpt_variant(tmp_path / "two_lrs.py", 400, [1e-3, 3e-3])
   sweep_dir = str(tmp_path / "sweep")
   args = ["sweep", f"--config={experiment}:size=tiny", f"--workdir={sweep_dir}", "--max_parallel=2",
           "--report_plots=false"]
@@ -293,3 +275,21 @@ def test_a_stopped_sweep_saves_its_workers_and_the_rerun_resumes_them(tmp_path, 
   logs = "".join(open(os.path.join(root, f)).read() for root, _, files in os.walk(os.path.join(sweep_dir, "submitit"))
                  for f in files if f.endswith(".out"))
   assert logs.count("Resumed from step") == 2
+
+
+def test_a_search_shares_one_optuna_study_between_two_local_workers(tmp_path, bbc_data_dir):
+  """experiments/ngram.py's get_search_space(): 4 trials by 2 worker processes through one journal file;
+  every trial number once, both workers take part, and each trial's directory holds its result."""
+  sweep_dir = str(tmp_path / "search")
+  out = launch(["sweep", "--search", f"--config={ROOT}/experiments/ngram.py:size=tiny", f"--workdir={sweep_dir}",
+                "--max_parallel=2", "--report_plots=false"], bbc_data_dir).stdout
+  assert "by 2 worker(s)" in out and "best validation.loss" in out
+  finished = int(out.split("\nsearch: ")[1].split(" complete")[0])
+  assert 4 <= finished <= 5  # a worker may start one trial more while the other finishes the fourth
+  from lmlab.sweeps import search
+  trials = search.study(sweep_dir, search.check_space({"params": {"model.ngram_order": ("int", 2, 6)}})).trials
+  assert len({t.number for t in trials}) == len(trials) == finished
+  assert {t.user_attrs["worker"] for t in trials} == {0, 1}  # both workers drew trials from the one study
+  for t in trials:  # a trial that drew a finished point's values reads its result instead of training again
+    with open(os.path.join(t.user_attrs["workdir"], "metrics.json")) as f:
+      assert json.load(f)["validation"]["loss"] == t.value

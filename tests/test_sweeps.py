@@ -132,3 +132,60 @@ def _has_hparams(tb_dir: str) -> bool:
         if value.metadata.plugin_data.plugin_name == "hparams":
           return True
   return False
+
+
+def test_only_an_srun_step_with_several_tasks_is_a_multi_process_run(monkeypatch):
+  from lmlab import distributed
+  for name in ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_STEP_NUM_TASKS"):
+    monkeypatch.delenv(name, raising=False)
+  assert distributed.slurm_tasks() == 1  # no Slurm
+  monkeypatch.setenv("SLURM_JOB_ID", "7")
+  monkeypatch.setenv("SLURM_NTASKS", "4")
+  assert distributed.slurm_tasks() == 1  # a shell on an allocated node: no step (jax issue #30073)
+  monkeypatch.setenv("SLURM_STEP_NODELIST", "vm")
+  assert distributed.slurm_tasks() == 4
+  monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "1")
+  assert distributed.slurm_tasks() == 1  # a one-task step of a bigger job (submitit's array tasks)
+  distributed.initialize()  # one task: nothing to join (and no error)
+  assert not distributed.initialized
+
+
+def test_a_search_runs_its_trials_in_one_study_and_a_rerun_adds_none(tmp_path, bbc_data_dir):
+  from lmlab.sweeps import search
+  base = experiment_config("ngram.py:size=tiny", **{"data.tfds_data_dir": bbc_data_dir})
+  space = search.check_space({"params": {"model.ngram_order": ("int", 2, 5)}, "trials": 3})
+  sweep_dir = str(tmp_path / "search")
+  line = engine.search(base, space, sweep_dir, "debug", out=lambda _: None)
+  study = search.study(sweep_dir, space)
+  assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
+  assert os.path.exists(os.path.join(sweep_dir, "optuna.journal"))
+  best = study.best_trial
+  with open(os.path.join(best.user_attrs["workdir"], "metrics.json")) as f:
+    assert json.load(f)["validation"]["loss"] == best.value == min(t.value for t in study.trials)
+  assert f"best validation.loss {best.value:.4f} (trial {best.number}" in line
+  assert os.path.basename(best.user_attrs["workdir"]).startswith(f"ngram_order={best.params['model.ngram_order']}-")
+  engine.search(base, space, sweep_dir, "debug", out=lambda _: None)
+  assert len(search.study(sweep_dir, space).trials) == 3
+  with pytest.raises(ConfigError, match="low < high"):
+    search.check_space({"params": {"optim.lr": ("log_float", 1e-2, 1e-3)}})
+
+
+def test_a_pruned_trial_stops_at_its_evaluation_and_frees_its_directory(tmp_path, bbc_data_dir):
+  """The search's pruner raises from the loop's on_eval hook: the run stops right after that evaluation,
+  saves nothing more, and releases its work directory."""
+  from lmlab import run
+
+  class Pruned(Exception):
+    pass
+
+  def prune(step, result):
+    assert result["loss"] > 0
+    raise Pruned(step)
+
+  cfg = experiment_config("gpt.py:size=tiny", **{"data.tfds_data_dir": bbc_data_dir, "train.eval_every": 5})
+  cfg.workdir = str(tmp_path / "trial")
+  with pytest.raises(Pruned, match="5"):
+    run.run(cfg, on_eval=prune)
+  assert not os.path.exists(os.path.join(cfg.workdir, "metrics.json")) and points.lock_holder(cfg.workdir) is None
+  with open(os.path.join(cfg.workdir, "provenance.json")) as f:
+    assert json.load(f)["runs"][0]["outcome"].startswith("error: Pruned")

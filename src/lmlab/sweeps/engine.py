@@ -1,6 +1,7 @@
 """Runs a sweep's points on submitit: `debug` in this process, one after another; `local` as parallel
 worker processes (LocalExecutor) in a bounded window of max_parallel, each pinned to its share of the
-machine. (submitit's local executor starts every job it is given at once: the window is ours.)
+machine (submitit's local executor starts every job it is given at once: the window is ours); `slurm`
+as one Slurm job array (sweeps/slurm.py), whose points requeue themselves on preemption.
 
 Safe to re-run: finished points are skipped, interrupted ones resume from their checkpoints, failed and
 diverged ones are left alone unless retry_failed. A launcher claims each point before it submits it (a
@@ -24,7 +25,7 @@ from lmlab.sweeps import points as points_lib
 from lmlab.sweeps import worker
 from lmlab.train import signals
 
-EXECUTORS = ("debug", "local")
+EXECUTORS = ("debug", "local", "slurm")
 SWEEP_FILE, EVENTS_FILE = "sweep.json", "sweep.jsonl"
 STOP_GRACE_S = 120  # how long stopped workers get to save before they are killed
 
@@ -81,16 +82,21 @@ class _Running:
 
 def run(points: list[points_lib.Point], sweep_dir: str, executor: str = "local", max_parallel: int = 1,
         retry_failed: bool = False, timeout_min: float = 24 * 60, cpu_binding: bool = True,
-        poll_s: float = 1.0, out=print) -> dict:
+        poll_s: float = 1.0, out=print, slurm_options=None) -> dict:
   """Runs every point that is not finished (see the module docstring) and returns {state: count} over
   all points. Raises Interrupted when a signal stopped the sweep."""
   if executor not in EXECUTORS:
     raise ValueError(f"executor {executor!r} is not one of {EXECUTORS}")
   if executor == "debug":
     max_parallel = 1
+  sweep_dir = os.path.abspath(sweep_dir)
   todo, skipped = [], {}
+  queued = _queued_on_slurm(sweep_dir) if executor == "slurm" else {}
   for p in points:
     s = points_lib.state(p.workdir)
+    if p.name in queued and s != "done":
+      skipped[p.name] = f"queued or running as Slurm job {queued[p.name]}"
+      continue
     if s == "done" or (s in ("failed", "diverged") and not retry_failed):
       skipped[p.name] = s
     else:
@@ -101,6 +107,14 @@ def run(points: list[points_lib.Point], sweep_dir: str, executor: str = "local",
   if todo:
     from lmlab.sweeps import prepare  # imports TensorFlow: only when something will run
     prepare.shared(todo, sweep_dir, out)
+  if executor == "slurm":
+    return _run_slurm(points, todo, sweep_dir, slurm_options, poll_s, out)
+  return _run_here(points, todo, sweep_dir, executor, max_parallel, timeout_min, cpu_binding, poll_s, out)
+
+
+def _run_here(points, todo, sweep_dir: str, executor: str, max_parallel: int, timeout_min: float,
+              cpu_binding: bool, poll_s: float, out) -> dict:
+  """The debug and local executors: a window of max_parallel claimed points, each on its slot."""
   slots = worker.local_slots(max_parallel, sorted(os.sched_getaffinity(0)), _visible_gpus(), cpu_binding)
   submitter = _executor(executor, os.path.join(sweep_dir, "submitit", "%j"), timeout_min)
   os.environ["LMLAB_COMMAND"] = json.dumps(sys.argv)  # the command a worker's provenance records
@@ -128,7 +142,7 @@ def run(points: list[points_lib.Point], sweep_dir: str, executor: str = "local",
           out(f"  {point.name}: running in another launch of this sweep; waiting for it")
           continue
         slot = free.pop(0)
-        job = submitter.submit(worker.run_point, point.config.to_dict(), None if executor == "debug" else slot)
+        job = submitter.submit(worker.PointJob(), point.config.to_dict(), None if executor == "debug" else slot)
         _event(sweep_dir, point, "running", job_id=job.job_id, slot=slot.index)
         out(f"  {point.name}: started (job {job.job_id}" + (f", cpus {list(slot.cpus)})" if slot.cpus and
                                                              executor != "debug" else ")"))
@@ -155,6 +169,69 @@ def run(points: list[points_lib.Point], sweep_dir: str, executor: str = "local",
   return counts(points)
 
 
+def _run_slurm(points, todo, sweep_dir: str, options, poll_s: float, out) -> dict:
+  """The points to run as one Slurm job array (Slurm's array parallelism is the window); waits for them.
+  A stop signal to the launcher leaves the jobs to Slurm: they keep running, --status follows them."""
+  from lmlab.sweeps import slurm
+  claims = {}
+  for point in todo:  # another launch of this sweep may be submitting the same points right now
+    fd = _try_claim(point)
+    if fd is None:
+      out(f"  {point.name}: held by another launch of this sweep, skipped")
+    else:
+      claims[point.name] = fd
+  todo = [p for p in todo if p.name in claims]
+  if not todo:
+    return counts(points)
+  ex = slurm.executor(os.path.join(sweep_dir, "submitit", "%j"), options)
+  jobs, snapshot = slurm.submit(ex, worker.PointJob(), [[p.config.to_dict() for p in todo], [None] * len(todo),
+                                                        [os.getcwd()] * len(todo)], sweep_dir)
+  out(f"  submitted {len(jobs)} points as Slurm job array {jobs[0].job_id.split('_')[0]}"
+      + (f" (code snapshot {snapshot})" if snapshot else ""))
+  for point, job in zip(todo, jobs):
+    _event(sweep_dir, point, "queued", job_id=job.job_id, executor="slurm")
+  waiting = list(zip(todo, jobs))
+  walls = []
+  with signals.StopRequests() as stop:
+    while waiting and stop.signum is None:
+      time.sleep(poll_s)
+      active = slurm.active_jobs()
+      for point, job in list(waiting):
+        if job.job_id in active and not job.paths.result_pickle.exists():
+          continue
+        waiting.remove((point, job))
+        os.close(claims.pop(point.name))
+        state = points_lib.state(point.workdir)
+        outcome = points_lib.read_outcome(point.workdir) or {}
+        if state in ("pending", "preempted") and outcome.get("state") != "preempted":  # it died, saying nothing
+          outcome = _died(point, job.paths.stderr)
+          state = "failed"
+        walls.append(outcome.get("wall_time_s") or 0.0)
+        _event(sweep_dir, point, state, job_id=job.job_id, wall_time_s=outcome.get("wall_time_s"),
+               error=outcome.get("error") if state != "done" else None)
+        out(f"  {point.name}: {state}" + (f": {outcome['error']}" if state != "done" and outcome.get("error") else ""))
+        out(_progress(points, [], walls, options.array_parallelism))
+    if stop.signum is not None:
+      raise Interrupted(f"sweep launcher stopped by {stop.name}; its {len(waiting)} Slurm job(s) keep running "
+                        f"(python launch.py sweep --status {sweep_dir}; scancel to stop them).", stop.signum)
+  return counts(points)
+
+
+def _queued_on_slurm(sweep_dir: str) -> dict:
+  """{point name: Slurm job id} of the points whose latest submission Slurm still holds (so a second
+  launch of the sweep does not submit them again)."""
+  from lmlab.sweeps import slurm
+  latest = {}
+  path = os.path.join(sweep_dir, EVENTS_FILE)
+  if os.path.exists(path):
+    with open(path) as f:
+      for row in map(json.loads, f):
+        if row.get("job_id"):
+          latest[row["point"]] = str(row["job_id"])
+  active = slurm.active_jobs()
+  return {name: job for name, job in latest.items() if job in active}
+
+
 def _try_claim(point: points_lib.Point) -> int | None:
   """The point's claim (an fd to close when done), or None while another launcher holds it or a live
   process trains in its directory (e.g. a worker that outlived a killed launcher)."""
@@ -176,8 +253,16 @@ def _outcome(r: _Running) -> dict:
   saved = points_lib.read_outcome(r.point.workdir)
   if saved and os.path.getmtime(os.path.join(r.point.workdir, points_lib.OUTCOME)) >= r.started:
     return saved
-  log = getattr(r.job.paths, "stdout", "its log")
-  return {"state": "failed", "error": f"the worker ended without an outcome (killed?); see {log}"}
+  return _died(r.point, r.job.paths.stderr)
+
+
+def _died(point: points_lib.Point, log) -> dict:
+  """A job that ended without an outcome (an import error, killed, out of memory): recorded as failed in
+  the point's outcome.json, so that --status and the next launch see it."""
+  outcome = {"state": "failed", "error": f"the job ended without an outcome (killed, or an error before the run "
+                                         f"started); see {log}"}
+  points_lib.write_outcome(point.workdir, outcome)
+  return outcome
 
 
 def _stop_workers(running: list[_Running], sweep_dir: str, out) -> None:
@@ -247,3 +332,54 @@ def status(sweep_dir: str) -> str:
                f"{c.get('diverged', 0)} diverged, {c.get('preempted', 0)} preempted, "
                f"{c.get('pending', 0)} pending")
   return "\n".join(lines)
+
+
+def search(base, space: dict, sweep_dir: str, executor: str = "local", workers: int = 1,
+           timeout_min: float = 24 * 60, cpu_binding: bool = True, slurm_options=None, poll_s: float = 1.0,
+           out=print) -> str:
+  """Runs an Optuna search (sweeps/search.py) with `workers` workers sharing its study; returns the line
+  naming the best trial. Re-running continues the study up to its number of trials."""
+  from lmlab.sweeps import prepare, search as search_lib
+  sweep_dir = os.path.abspath(sweep_dir)
+  base_point = points_lib.expand(base, [{}], sweep_dir)[0]
+  prepare.shared([base_point], sweep_dir, out)  # the TFDS data and the base tokenizer, once
+  os.rmdir(base_point.workdir) if os.path.isdir(base_point.workdir) and not os.listdir(base_point.workdir) else None
+  os.environ["LMLAB_COMMAND"] = json.dumps(sys.argv)
+  args = (base.to_dict(), space, sweep_dir, os.getcwd())
+  if executor == "slurm":
+    from lmlab.sweeps import slurm
+    ex = slurm.executor(os.path.join(sweep_dir, "submitit", "%j"), slurm_options)
+    jobs, _ = slurm.submit(ex, search_lib.SearchWorker(), [[a] * workers for a in args] + [list(range(workers))],
+                           sweep_dir)
+  else:
+    ex = _executor(executor, os.path.join(sweep_dir, "submitit", "%j"), timeout_min)
+    slots = worker.local_slots(workers, sorted(os.sched_getaffinity(0)), _visible_gpus(), cpu_binding)
+    jobs = [ex.submit(_SlottedSearch(slot if executor == "local" else None), *args, slot.index)
+            for slot in slots[:1 if executor == "debug" else workers]]
+  out(f"search {sweep_dir}: {space['trials']} trials of {', '.join(space['params'])} by {len(jobs)} worker(s) "
+      f"(jobs {', '.join(j.job_id for j in jobs)}), optimizing {space['metric']} ({space['direction']})")
+  with signals.StopRequests() as stop:
+    while not all(j.done() for j in jobs) and stop.signum is None:
+      time.sleep(poll_s)
+    if stop.signum is not None:
+      for j in jobs:
+        j.cancel()
+      raise Interrupted(f"search stopped by {stop.name}; run the same command to continue the study.", stop.signum)
+  for j in jobs:
+    try:
+      j.result()
+    except Exception as e:  # a worker that crashed: the others may have finished the study
+      out(f"  search worker {j.job_id} failed: {' '.join(str(e).split())[-300:]}")
+  return search_lib.best(sweep_dir, space)
+
+
+class _SlottedSearch:
+  """A search worker pinned to a local slot (see worker.local_slots)."""
+
+  def __init__(self, slot):
+    self.slot = slot
+
+  def __call__(self, *args):
+    from lmlab.sweeps import search as search_lib
+    worker._take(self.slot)
+    return search_lib.SearchWorker()(*args)

@@ -166,14 +166,14 @@ def write_outcome(point_dir: str, outcome: dict) -> None:
   os.replace(path + ".tmp", path)
 
 
-def claim(point_dir: str) -> int | None:
+def claim(point_dir: str, wait: bool = False) -> int | None:
   """An exclusive claim on the point for this launcher (an open fd holding a flock on <point>/.claim;
-  close it to release), or None when another launch of the sweep holds it. The kernel drops the claim
-  when the launcher dies."""
+  close it to release), or None when another launch of the sweep holds it (wait=True: block until it is
+  free). The kernel drops the claim when the launcher dies."""
   os.makedirs(point_dir, exist_ok=True)
   fd = os.open(os.path.join(point_dir, CLAIM), os.O_RDWR | os.O_CREAT, 0o644)
   try:
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
   except OSError as e:
     os.close(fd)
     if e.errno in (errno.EAGAIN, errno.EACCES):

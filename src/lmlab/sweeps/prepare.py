@@ -36,14 +36,19 @@ def shared(points, sweep_dir: str, out=print) -> None:
     if data_key not in checked and ("task" not in p.config or _needs_corpus_tokenizer(p.config)):
       sources.check(p.config.data)  # builds an unprepared TFDS dataset (raises DataError when it cannot)
       checked.add(data_key)
-    target = os.path.join(p.workdir, "tokenizer.model")
-    if not _needs_corpus_tokenizer(p.config) or os.path.exists(target):
-      continue
-    path = os.path.join(sweep_dir, "shared", f"tokenizer-{_key(p.config)}.model")
-    if not os.path.exists(path):
-      out(f"  training the shared tokenizer {path}")
-      os.makedirs(os.path.dirname(path), exist_ok=True)
-      tokenizer.train(path, sources.load_documents(p.config.data, p.config.data.train_split), p.config.tokenizer)
-    os.makedirs(p.workdir, exist_ok=True)
-    shutil.copyfile(path, target + ".tmp")
-    os.replace(target + ".tmp", target)
+    copy_tokenizer(p, sweep_dir, out)
+
+
+def copy_tokenizer(p, sweep_dir: str, out=print) -> None:
+  """The point's corpus tokenizer from <sweep>/shared/ (trained there first if missing) into its directory."""
+  target = os.path.join(p.workdir, "tokenizer.model")
+  if not _needs_corpus_tokenizer(p.config) or os.path.exists(target):
+    return
+  path = os.path.join(sweep_dir, "shared", f"tokenizer-{_key(p.config)}.model")
+  if not os.path.exists(path):
+    out(f"  training the shared tokenizer {path}")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tokenizer.train(path, sources.load_documents(p.config.data, p.config.data.train_split), p.config.tokenizer)
+  os.makedirs(p.workdir, exist_ok=True)
+  shutil.copyfile(path, f"{target}.{os.getpid()}.tmp")
+  os.replace(f"{target}.{os.getpid()}.tmp", target)

@@ -40,6 +40,10 @@ def _take(slot: Slot | None) -> None:
   """Pins this process to its slot: CPU affinity and thread-pool sizes (XLA's Eigen pool sizes itself from
   the affinity; TensorFlow's tf.data and the BLAS libraries read these variables), and its GPUs."""
   if slot is None:
+    cpus = os.environ.get("SLURM_CPUS_PER_TASK")  # a Slurm job's thread pools follow its allocation
+    if cpus:
+      for name in ("TF_NUM_INTRAOP_THREADS", "OMP_NUM_THREADS"):
+        os.environ.setdefault(name, cpus)
     return
   if slot.cpus is not None:
     os.sched_setaffinity(0, slot.cpus)
@@ -51,27 +55,32 @@ def _take(slot: Slot | None) -> None:
     os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, slot.gpus))
 
 
-def run_point(config: dict, slot: Slot | None = None) -> dict:
+def run_point(config: dict, slot: Slot | None = None, cwd: str | None = None) -> dict:
   """Trains (or resumes) one point and returns its outcome, also written to <workdir>/outcome.json:
-  state done / diverged / preempted / failed, the error line, the wall time."""
+  state done / diverged / preempted / failed, the error line, the wall time. cwd: the launcher's working
+  directory (relative paths in the config mean what they meant there; a Slurm job starts in the code
+  snapshot). Under Slurm, a point stopped by a preemption or time-limit signal is requeued."""
   _take(slot)
+  if cwd:
+    os.chdir(cwd)
   start = time.time()
   import ml_collections
   from absl import logging
 
-  from lmlab import errors, run
+  from lmlab import distributed, errors, run
   from lmlab.sweeps import points
+  distributed.initialize()  # a point over several srun tasks (--nodes, --tasks_per_node)
   # As quiet as launch.py: orbax logs every save, TFDS its internals (LMLAB_VERBOSE=1 shows them).
   logging.set_verbosity(logging.INFO if os.environ.get("LMLAB_VERBOSE", "") not in ("", "0") else logging.FATAL)
   cfg = ml_collections.ConfigDict(config)
-  error = None
+  error = stopped_by = None
   try:
     run.run(cfg)
     state = "done"
   except errors.Diverged as e:
     state, error = "diverged", str(e)
   except errors.Interrupted as e:
-    state, error = "preempted", str(e)
+    state, error, stopped_by = "preempted", str(e), e.exit_code - 128
   except (errors.UserError, errors.RunStopped) as e:
     state, error = "failed", str(e)
   except Exception:  # a bug: keep the traceback's end for the status table and the log
@@ -80,5 +89,34 @@ def run_point(config: dict, slot: Slot | None = None) -> dict:
   outcome = {"state": state, "error": error and " ".join(error.split())[:2000], "wall_time_s": time.time() - start,
              "job_id": os.environ.get("SUBMITIT_LOCAL_JOB_ID") or os.environ.get("SLURM_JOB_ID"),
              "slot": slot and dataclasses.asdict(slot)}
-  points.write_outcome(cfg.workdir, outcome)
+  import jax
+  if jax.process_index() == 0:
+    points.write_outcome(cfg.workdir, outcome)
+  if stopped_by and os.environ.get("SLURM_JOB_ID"):
+    _requeue_on_slurm()
   return outcome
+
+
+def _requeue_on_slurm() -> None:
+  """The run has saved at a step boundary after a preemption or time-limit signal (SIGTERM, or the
+  SIGUSR1/SIGUSR2 warning). lmlab's handlers replaced submitit's for the run; now that they are restored,
+  raising submitit's signal lets it do the rest: PointJob.checkpoint() gives the resubmission,
+  `scontrol requeue` puts the job back in the queue, and the requeued job resumes from the work directory."""
+  import signal
+
+  import submitit
+  env = submitit.JobEnvironment()
+  if env.cluster == "slurm":
+    signal.raise_signal(env._usr_sig())  # submitit's own requeue handler (process 0 requeues)
+
+
+class PointJob:
+  """A point as a submitit Checkpointable job: checkpoint() only returns the resubmission of the same
+  point (submitit saves nothing; the run saved its own state at a step boundary before)."""
+
+  def __call__(self, config: dict, slot: Slot | None = None, cwd: str | None = None) -> dict:
+    return run_point(config, slot, cwd)
+
+  def checkpoint(self, *args, **kwargs):
+    import submitit
+    return submitit.helpers.DelayedSubmission(PointJob(), *args, **kwargs)

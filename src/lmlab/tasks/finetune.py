@@ -109,8 +109,9 @@ def start_from_pretrained(cfg, trn: trainer.Trainer, state, vocab_size: int, log
   return trn.fresh_state(params)
 
 
-def run(cfg) -> dict:
-  """Fine-tunes (or fits the baseline) in cfg.workdir and returns the summary written to metrics.json."""
+def run(cfg, on_eval=None) -> dict:
+  """Fine-tunes (or fits the baseline) in cfg.workdir and returns the summary written to metrics.json.
+  on_eval(step, result): called after each validation (a search's pruner; it may raise to stop)."""
   start_time = time.perf_counter()
   # --- Config, task data and work directory: every check before any compute.
   cfg = task_config.resolve(cfg)
@@ -136,11 +137,11 @@ def run(cfg) -> dict:
     path = os.path.join(run_dir, "tokenizer.model")
     if task_tokenizer is not None and jax.process_index() == 0 and not os.path.exists(path):
       tokenizer.save_model(path, task_tokenizer)
-    return _finetune(cfg, task, run_dir, num_steps, warmup_steps, stop, cleanup, start_time)
+    return _finetune(cfg, task, run_dir, num_steps, warmup_steps, stop, cleanup, start_time, on_eval)
 
 
 def _finetune(cfg, task: data.TaskData, run_dir: str, num_steps: int, warmup_steps: int,
-              stop: signals.StopRequests, cleanup: contextlib.ExitStack, start_time: float) -> dict:
+              stop: signals.StopRequests, cleanup: contextlib.ExitStack, start_time: float, on_eval=None) -> dict:
   metric_name, mode = task_config.metric(cfg)
   log = logger.MetricsLogger(run_dir, num_steps, cfg.data.batch_size * cfg.data.seq_len)
   log.print(f"Work directory: {os.path.abspath(run_dir)}")
@@ -219,6 +220,8 @@ def _finetune(cfg, task: data.TaskData, run_dir: str, num_steps: int, warmup_ste
       checkpoint.save(manager, state, {"name": cfg.name}, {metric_name: value})
     checkpoint.save(resume, state, {"name": cfg.name})
     best_value, stale = _update_best(best_value, stale, value, better)
+    if on_eval:
+      on_eval(step_num, result)
     if patience and stale >= patience:
       log.print(f"Early stop at step {step_num}: no better validation {metric_name} for {stale} evaluations")
       break
@@ -265,6 +268,8 @@ def _replay_evaluations(run_dir: str, step: int, metric_name: str, better) -> tu
   best_value, stale = None, 0
   for value in (values[s] for s in sorted(values)):
     best_value, stale = _update_best(best_value, stale, value, better)
+    if on_eval:
+      on_eval(step_num, result)
   return best_value, stale
 
 

@@ -21,19 +21,20 @@ from lmlab.train import checkpoint, logger, partitioning, signals, trainer, work
 from lmlab.train.evaluate import describe, evaluate
 
 
-def train_and_evaluate(cfg) -> dict:
-  """Runs (or resumes) pretraining in cfg.workdir and returns the summary written to metrics.json."""
+def train_and_evaluate(cfg, on_eval=None) -> dict:
+  """Runs (or resumes) pretraining in cfg.workdir and returns the summary written to metrics.json.
+  on_eval(step, result): called after each periodic evaluation (a search's pruner; it may raise to stop)."""
   start_time = time.perf_counter()
   # --- Config, mesh and data source: every check before any compute or any file is written.
   config_lib.validate(cfg, jax.device_count(), jax.process_count())
   mesh = partitioning.make_mesh(config_lib.mesh_shape(cfg, jax.device_count()))
   sources.check(cfg.data)
   with workdir.run_in(cfg) as run_dir, signals.StopRequests() as stop, contextlib.ExitStack() as cleanup:
-    return _train(cfg, run_dir, mesh, stop, cleanup, start_time)
+    return _train(cfg, run_dir, mesh, stop, cleanup, start_time, on_eval)
 
 
 def _train(cfg, run_dir: str, mesh, stop: signals.StopRequests, cleanup: contextlib.ExitStack,
-           start_time: float) -> dict:
+           start_time: float, on_eval=None) -> dict:
   log = logger.MetricsLogger(run_dir, cfg.train.num_steps, cfg.data.batch_size * cfg.data.seq_len)
   log.print(f"Work directory: {os.path.abspath(run_dir)}")
   log.print(f"Mesh {dict(mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} devices, "
@@ -113,6 +114,8 @@ def _train(cfg, run_dir: str, mesh, stop: signals.StopRequests, cleanup: context
       result = evaluate_now(state.params)
       log.write(step, result, "eval")
       log.print(f"eval at step {step}: {describe(result)}")
+      if on_eval:
+        on_eval(step, result)
       log.start(step)
     if step % cfg.train.checkpoint_every == 0 and step != cfg.train.num_steps:
       save(step)

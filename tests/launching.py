@@ -4,6 +4,7 @@ subprocess (the e2e tier), or an experiment file's config for the in-process fun
 import contextlib
 import importlib.util
 import io
+import json
 import os
 import subprocess
 import sys
@@ -70,3 +71,28 @@ def gpt_variant(path, num_steps: int, lrs: list) -> str:
   with open(path, "w") as f:
     f.write(GPT_VARIANT.format(gpt=os.path.join(ROOT, "experiments", "gpt.py"), num_steps=num_steps, lrs=lrs))
   return str(path)
+
+
+def train_losses(workdir):
+  """{step: train loss} from a run's metrics.jsonl."""
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  return {r["step"]: r["loss"] for r in rows if r["split"] == "train"}
+
+
+def start(args, data_dir, cache_dir=None):
+  """launch.py with `args` started in the background (a Popen with piped output), on one device."""
+  env = dict(os.environ, TFDS_DATA_DIR=data_dir, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  if cache_dir:
+    env.update(JAX_COMPILATION_CACHE_DIR=cache_dir, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+  return subprocess.Popen([sys.executable, os.path.join(ROOT, "launch.py"), *args], env=env, cwd=ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def slurm_cluster_up() -> bool:
+  """Whether a Slurm cluster answers here; in CI (CI=true) its absence fails the test that asks."""
+  import shutil
+  up = bool(shutil.which("sinfo")) and subprocess.run(["sinfo", "-h"], capture_output=True).returncode == 0
+  if not up and os.environ.get("CI"):
+    raise AssertionError("no Slurm cluster: .ci/run starts one with .ci/slurm.sh start")
+  return up

@@ -11,15 +11,9 @@ import sys
 import numpy as np
 import pytest
 
-from launching import ROOT, TINY, gpt_variant, launch
+from launching import ROOT, TINY, launch, slurm_cluster_up, start, train_losses
 
 pytestmark = pytest.mark.e2e
-
-
-def train_losses(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    rows = [json.loads(line) for line in f]
-  return {r["step"]: r["loss"] for r in rows if r["split"] == "train"}
 
 
 def test_train_writes_metrics_checkpoints_and_samples(tiny_run):
@@ -117,7 +111,8 @@ def test_finetune_and_predict_commands(tiny_run, tmp_path, bbc_data_dir, compila
 
 def test_two_processes_train_like_one_process_with_two_devices(tiny_run, tmp_path, bbc_data_dir):
   """Multi-host on 127.0.0.1: two processes with one device each train like the 2-device run. Each process
-  packs its own half of the documents, so the rows differ and the losses agree only closely."""
+  packs its own half of the documents, so the rows differ and the losses agree only closely. Under srun
+  with two tasks, the same run without flags."""
   workdir = str(tmp_path / "two")
   env = dict(os.environ, TFDS_DATA_DIR=bbc_data_dir, XLA_FLAGS="--xla_force_host_platform_device_count=1")
   port = 20000 + os.getpid() % 20000
@@ -133,16 +128,18 @@ def test_two_processes_train_like_one_process_with_two_devices(tiny_run, tmp_pat
   assert sorted(got) == sorted(expected)
   assert np.mean(list(got.values())) == pytest.approx(np.mean(list(expected.values())), rel=1e-2)
   assert got[20] < got[1] - 0.5
+  # The same two processes as one srun step: jax.distributed finds the other task from Slurm's environment
+  # (no flags), and the run is the same to the bit (on a Slurm cluster: .ci/slurm.sh start; CI has one).
+  if not slurm_cluster_up():
+    return
+  srun = str(tmp_path / "srun")
+  run = subprocess.run(["srun", "-n", "2", sys.executable, os.path.join(ROOT, "launch.py"), *TINY, f"--workdir={srun}"],
+                       env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert run.returncode == 0, run.stderr[-3000:]
+  assert "over 2 cpu devices, 2 process(es)" in run.stdout
+  assert train_losses(srun) == got
   with open(os.path.join(workdir, "metrics.json")) as f, open(os.path.join(tiny_run[0], "metrics.json")) as g:
     assert json.load(f)["validation"]["loss"] == pytest.approx(json.load(g)["validation"]["loss"], rel=2e-2)
-
-
-def start(args, data_dir, cache_dir=None):
-  env = dict(os.environ, TFDS_DATA_DIR=data_dir, XLA_FLAGS="--xla_force_host_platform_device_count=1")
-  if cache_dir:
-    env.update(JAX_COMPILATION_CACHE_DIR=cache_dir, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
-  return subprocess.Popen([sys.executable, os.path.join(ROOT, "launch.py"), *args], env=env, cwd=ROOT,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def wait_for_step(workdir, step, proc, timeout=300):
@@ -201,95 +198,3 @@ def test_a_full_disk_is_one_error_line_and_the_previous_checkpoint_restores(tmp_
     assert sampled.stdout.count("The -> ") == 1  # checkpoint 10 restores
   finally:
     subprocess.run(["umount", str(disk)], check=True)
-
-
-def _intervals(point_dir):
-  import datetime
-  with open(os.path.join(point_dir, "provenance.json")) as f:
-    return [(datetime.datetime.fromisoformat(r["started"]), datetime.datetime.fromisoformat(r["ended"]))
-            for r in json.load(f)["runs"]]
-
-
-def _wait_until(condition, proc, timeout=300):
-  import time
-  deadline = time.monotonic() + timeout
-  while not condition():
-    if time.monotonic() > deadline or proc.poll() is not None:
-      raise AssertionError(f"gave up waiting: {proc.poll()} {proc.stderr.read()[-3000:] if proc.poll() else ''}")
-    time.sleep(0.2)
-
-
-def test_sweep_runs_points_in_a_window_and_concurrent_launches_share_them(tmp_path, bbc_data_dir):
-  """The README's sweep commands on the n-gram experiment (seconds per point): a local sweep with at most
-  2 workers and, started while it runs, a second launch of the same sweep in its own process; each point
-  trains exactly once, --status lists them, the report is written, and a rerun skips every point."""
-  sweep_dir = str(tmp_path / "sweep")
-  args = ["sweep", f"--config={ROOT}/experiments/ngram.py:size=tiny", f"--workdir={sweep_dir}"]
-  local = start([*args, "--max_parallel=2"], bbc_data_dir)
-  _wait_until(lambda: os.path.exists(os.path.join(sweep_dir, "sweep.jsonl")), local)
-  second = launch([*args, "--executor=debug", "--report_plots=false"], bbc_data_dir)
-  out, err = local.communicate(timeout=600)
-  assert local.returncode == 0, err[-3000:]
-  points = sorted(p for p in os.listdir(sweep_dir) if p.startswith("ngram_order="))
-  assert [p.split("-")[0] for p in points] == [f"ngram_order={n}" for n in (2, 3, 4, 5)]
-  runs = {p: _intervals(os.path.join(sweep_dir, p)) for p in points}
-  assert all(len(r) == 1 for r in runs.values()), runs  # no point trained twice
-  with open(os.path.join(sweep_dir, "sweep.jsonl")) as f:
-    events = [json.loads(line) for line in f]
-  local_points = {e["point"] for e in events if e["state"] == "done" and not str(e["job_id"]).startswith("DEBUG")}
-  spans = [runs[p][0] for p in local_points]
-  assert spans and max(sum(a <= t < b for a, b in spans) for t, _ in spans) <= 2  # the window
-  assert second.returncode == 0  # it ran what was left, or waited for the points the other launch held
-  losses = [json.load(open(os.path.join(sweep_dir, p, "metrics.json")))["validation"]["loss"] for p in points]
-  assert losses[1] < losses[0]  # a trigram beats a bigram on the same targets
-  assert os.path.exists(os.path.join(sweep_dir, "report.md")) and "model.ngram_order" in out
-  status = launch(["sweep", f"--status={sweep_dir}"], bbc_data_dir).stdout
-  assert status.count("| done |") == 4 and "4/4 done" in status
-  again = launch([*args, "--max_parallel=2", "--report_plots=false"], bbc_data_dir).stdout
-  assert again.count(": done, skipped") == 4 and "started" not in again
-
-
-def test_a_stopped_sweep_saves_its_workers_and_the_rerun_resumes_them(tmp_path, bbc_data_dir, compilation_cache):
-  """SIGTERM to a local sweep: each worker saves at its next step boundary, the launcher exits 143 naming
-  the preempted points, and the same command resumes them from their checkpoints to the end."""
-  experiment = gpt_variant(tmp_path / "two_lrs.py", 400, [1e-3, 3e-3])
-  sweep_dir = str(tmp_path / "sweep")
-  args = ["sweep", f"--config={experiment}:size=tiny", f"--workdir={sweep_dir}", "--max_parallel=2",
-          "--report_plots=false"]
-  dirs = lambda: sorted(os.path.join(sweep_dir, p) for p in os.listdir(sweep_dir) if p.startswith("lr="))
-  proc = start(args, bbc_data_dir, compilation_cache)
-  _wait_until(lambda: os.path.isdir(sweep_dir) and len(dirs()) == 2 and all(
-      os.path.exists(os.path.join(d, "metrics.jsonl")) and max(train_losses(d) or [0]) >= 20 for d in dirs()), proc)
-  proc.send_signal(15)
-  out, err = proc.communicate(timeout=300)
-  assert proc.returncode == 143, err[-3000:]
-  assert "error: sweep stopped by SIGTERM: 2 running point(s) saved and preempted" in err
-  for d in dirs():
-    with open(os.path.join(d, "outcome.json")) as f:
-      assert json.load(f)["state"] == "preempted"
-    assert os.listdir(os.path.join(d, "checkpoints"))  # saved at the step boundary
-  launch(args, bbc_data_dir, cache_dir=compilation_cache)
-  for d in dirs():
-    assert json.load(open(os.path.join(d, "metrics.json")))["step"] == 400
-    assert len(_intervals(d)) == 2 and sorted(train_losses(d)) == list(range(1, 401))
-  logs = "".join(open(os.path.join(root, f)).read() for root, _, files in os.walk(os.path.join(sweep_dir, "submitit"))
-                 for f in files if f.endswith(".out"))
-  assert logs.count("Resumed from step") == 2
-
-
-def test_a_search_shares_one_optuna_study_between_two_local_workers(tmp_path, bbc_data_dir):
-  """experiments/ngram.py's get_search_space(): 4 trials by 2 worker processes through one journal file;
-  every trial number once, both workers take part, and each trial's directory holds its result."""
-  sweep_dir = str(tmp_path / "search")
-  out = launch(["sweep", "--search", f"--config={ROOT}/experiments/ngram.py:size=tiny", f"--workdir={sweep_dir}",
-                "--max_parallel=2", "--report_plots=false"], bbc_data_dir).stdout
-  assert "by 2 worker(s)" in out and "best validation.loss" in out
-  finished = int(out.split("\nsearch: ")[1].split(" complete")[0])
-  assert 4 <= finished <= 5  # a worker may start one trial more while the other finishes the fourth
-  from lmlab.sweeps import search
-  trials = search.study(sweep_dir, search.check_space({"params": {"model.ngram_order": ("int", 2, 6)}})).trials
-  assert len({t.number for t in trials}) == len(trials) == finished
-  assert {t.user_attrs["worker"] for t in trials} == {0, 1}  # both workers drew trials from the one study
-  for t in trials:  # a trial that drew a finished point's values reads its result instead of training again
-    with open(os.path.join(t.user_attrs["workdir"], "metrics.json")) as f:
-      assert json.load(f)["validation"]["loss"] == t.value

@@ -1,27 +1,23 @@
-"""Against a real one-node Slurm cluster (.ci/slurm.sh start; .ci/run starts it): a grid as a job array,
-a point requeued mid-training, and a 2-task srun run. Without a cluster these tests skip, except in CI
-(CI=true), where a missing cluster is a failure."""
+"""Against a real one-node Slurm cluster (.ci/slurm.sh start; .ci/run starts it): a grid as a job array and
+a point requeued mid-training (the 2-task srun run is in test_launch.py's two-process test). Without a
+cluster these tests skip, except in CI (CI=true), where a missing cluster is a failure."""
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
 
 import pytest
 
-from launching import ROOT, TINY, gpt_variant, launch
+from launching import ROOT, gpt_variant, launch, slurm_cluster_up
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
 def cluster():
-  up = shutil.which("sinfo") and subprocess.run(["sinfo", "-h"], capture_output=True).returncode == 0
-  if not up:
-    if os.environ.get("CI"):
-      pytest.fail("no Slurm cluster: .ci/run starts one with .ci/slurm.sh start")
+  if not slurm_cluster_up():
     pytest.skip("no Slurm cluster (start one as root: .ci/slurm.sh start)")
 
 
@@ -43,6 +39,13 @@ def test_a_grid_runs_as_one_job_array_and_a_rerun_skips_it(cluster, tmp_path, bb
   queued = [e["job_id"] for e in events(sweep_dir) if e["state"] == "queued"]
   assert len(queued) == 4 and len({j.split("_")[0] for j in queued}) == 1  # one array, tasks _0.._3
   assert "4/4 done" in out and os.listdir(os.path.join(sweep_dir, "code"))  # ran from a code snapshot
+  spans = []
+  for point in (d for d in os.listdir(sweep_dir) if d.startswith("ngram_order=")):
+    with open(os.path.join(sweep_dir, point, "provenance.json")) as f:
+      (run,) = json.load(f)["runs"]
+    assert run["argv"][1] == "sweep" and run["outcome"] == "finished"
+    spans.append((run["started"], run["ended"]))  # ISO times of one clock compare as strings
+  assert max(sum(a <= t < b for a, b in spans) for t, _ in spans) <= 2  # --array_parallelism=2
   again = launch(args, bbc_data_dir).stdout
   assert again.count(": done, skipped") == 4 and "submitted" not in again
 
@@ -79,23 +82,3 @@ def test_a_requeued_point_ends_with_the_losses_of_an_uninterrupted_run(cluster, 
   with open(os.path.join(point, "provenance.json")) as f:
     assert len(json.load(f)["runs"]) == 2  # started twice
   assert losses(point) == losses(reference)  # bitwise, across the requeue
-
-
-def test_two_srun_tasks_train_like_two_explicit_processes(cluster, tmp_path, bbc_data_dir):
-  """`srun -n 2 python launch.py ...`: jax.distributed finds the other task from Slurm's environment, and
-  the run matches the same two processes started with --num_processes/--process_id on 127.0.0.1."""
-  env = dict(os.environ, TFDS_DATA_DIR=bbc_data_dir, XLA_FLAGS="--xla_force_host_platform_device_count=1")
-  explicit, srun = str(tmp_path / "explicit"), str(tmp_path / "srun")
-  port = 20000 + (os.getpid() + 7) % 20000
-  procs = [subprocess.Popen([sys.executable, os.path.join(ROOT, "launch.py"), *TINY, f"--workdir={explicit}",
-                             "--num_processes=2", f"--process_id={i}", f"--coordinator_address=127.0.0.1:{port}"],
-                            env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-           for i in range(2)]
-  for p in procs:
-    _, err = p.communicate(timeout=600)
-    assert p.returncode == 0, err[-3000:]
-  run = subprocess.run(["srun", "-n", "2", sys.executable, os.path.join(ROOT, "launch.py"), *TINY,
-                        f"--workdir={srun}"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
-  assert run.returncode == 0, run.stderr[-3000:]
-  assert "over 2 cpu devices, 2 process(es)" in run.stdout
-  assert losses(srun) == losses(explicit) and len(losses(srun)) == 20

@@ -90,6 +90,7 @@ def run(points: list[points_lib.Point], sweep_dir: str, executor: str = "local",
   if executor == "debug":
     max_parallel = 1
   sweep_dir = os.path.abspath(sweep_dir)
+  os.environ["LMLAB_COMMAND"] = json.dumps(sys.argv)  # the command a worker's provenance records
   todo, skipped = [], {}
   queued = _queued_on_slurm(sweep_dir) if executor == "slurm" else {}
   for p in points:
@@ -117,7 +118,6 @@ def _run_here(points, todo, sweep_dir: str, executor: str, max_parallel: int, ti
   """The debug and local executors: a window of max_parallel claimed points, each on its slot."""
   slots = worker.local_slots(max_parallel, sorted(os.sched_getaffinity(0)), _visible_gpus(), cpu_binding)
   submitter = _executor(executor, os.path.join(sweep_dir, "submitit", "%j"), timeout_min)
-  os.environ["LMLAB_COMMAND"] = json.dumps(sys.argv)  # the command a worker's provenance records
   os.environ["PYTHONPATH"] = os.pathsep.join(  # workers import lmlab even from an uninstalled checkout
       [os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))]
       + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])

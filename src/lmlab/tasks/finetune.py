@@ -268,8 +268,6 @@ def _replay_evaluations(run_dir: str, step: int, metric_name: str, better) -> tu
   best_value, stale = None, 0
   for value in (values[s] for s in sorted(values)):
     best_value, stale = _update_best(best_value, stale, value, better)
-    if on_eval:
-      on_eval(step_num, result)
   return best_value, stale
 
 

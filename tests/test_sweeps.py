@@ -189,3 +189,23 @@ def test_a_pruned_trial_stops_at_its_evaluation_and_frees_its_directory(tmp_path
   assert not os.path.exists(os.path.join(cfg.workdir, "metrics.json")) and points.lock_holder(cfg.workdir) is None
   with open(os.path.join(cfg.workdir, "provenance.json")) as f:
     assert json.load(f)["runs"][0]["outcome"].startswith("error: Pruned")
+
+
+def test_a_point_finished_by_another_launch_after_the_first_look_is_not_run_again(tmp_path, bbc_data_dir,
+                                                                                  monkeypatch):
+  """The race a concurrent launch hits: the point was pending when this launch looked, and finished (its
+  claim released) before this launch claimed it."""
+  (point,) = _ngram_points(tmp_path, bbc_data_dir, (2,))
+  lines = []
+  real_claim = engine._try_claim
+
+  def finish_then_claim(p):  # the other launch finishes the point just before our claim
+    os.makedirs(p.workdir, exist_ok=True)
+    with open(os.path.join(p.workdir, "metrics.json"), "w") as f:
+      f.write("{}")
+    return real_claim(p)
+
+  monkeypatch.setattr(engine, "_try_claim", finish_then_claim)
+  assert engine.run([point], str(tmp_path / "sweep"), "debug", out=lines.append) == {"done": 1}
+  assert not os.path.exists(os.path.join(point.workdir, "provenance.json"))  # never started here
+  assert any(line.endswith(": done in another launch of this sweep") for line in lines)

@@ -109,12 +109,13 @@ def run(points: list[points_lib.Point], sweep_dir: str, executor: str = "local",
     from lmlab.sweeps import prepare  # imports TensorFlow: only when something will run
     prepare.shared(todo, sweep_dir, out)
   if executor == "slurm":
-    return _run_slurm(points, todo, sweep_dir, slurm_options, poll_s, out)
-  return _run_here(points, todo, sweep_dir, executor, max_parallel, timeout_min, cpu_binding, poll_s, out)
+    return _run_slurm(points, todo, sweep_dir, slurm_options, poll_s, out, retry_failed)
+  return _run_here(points, todo, sweep_dir, executor, max_parallel, timeout_min, cpu_binding, poll_s, out,
+                   retry_failed)
 
 
 def _run_here(points, todo, sweep_dir: str, executor: str, max_parallel: int, timeout_min: float,
-              cpu_binding: bool, poll_s: float, out) -> dict:
+              cpu_binding: bool, poll_s: float, out, retry_failed: bool = False) -> dict:
   """The debug and local executors: a window of max_parallel claimed points, each on its slot."""
   slots = worker.local_slots(max_parallel, sorted(os.sched_getaffinity(0)), _visible_gpus(), cpu_binding)
   submitter = _executor(executor, os.path.join(sweep_dir, "submitit", "%j"), timeout_min)
@@ -140,6 +141,10 @@ def _run_here(points, todo, sweep_dir: str, executor: str, max_parallel: int, ti
         if fd is None:
           elsewhere.append(point)
           out(f"  {point.name}: running in another launch of this sweep; waiting for it")
+          continue
+        if not _still_to_run(point, retry_failed):
+          os.close(fd)
+          out(f"  {point.name}: {points_lib.state(point.workdir)} in another launch of this sweep")
           continue
         slot = free.pop(0)
         job = submitter.submit(worker.PointJob(), point.config.to_dict(), None if executor == "debug" else slot)
@@ -169,7 +174,7 @@ def _run_here(points, todo, sweep_dir: str, executor: str, max_parallel: int, ti
   return counts(points)
 
 
-def _run_slurm(points, todo, sweep_dir: str, options, poll_s: float, out) -> dict:
+def _run_slurm(points, todo, sweep_dir: str, options, poll_s: float, out, retry_failed: bool = False) -> dict:
   """The points to run as one Slurm job array (Slurm's array parallelism is the window); waits for them.
   A stop signal to the launcher leaves the jobs to Slurm: they keep running, --status follows them."""
   from lmlab.sweeps import slurm
@@ -178,6 +183,8 @@ def _run_slurm(points, todo, sweep_dir: str, options, poll_s: float, out) -> dic
     fd = _try_claim(point)
     if fd is None:
       out(f"  {point.name}: held by another launch of this sweep, skipped")
+    elif not _still_to_run(point, retry_failed):
+      os.close(fd)
     else:
       claims[point.name] = fd
   todo = [p for p in todo if p.name in claims]
@@ -240,6 +247,13 @@ def _try_claim(point: points_lib.Point) -> int | None:
     os.close(fd)
     return None
   return fd
+
+
+def _still_to_run(point: points_lib.Point, retry_failed: bool) -> bool:
+  """Whether a point just claimed still needs running: another launch may have finished it (or seen it
+  fail) between this launch's first look and its claim."""
+  state = points_lib.state(point.workdir)
+  return state in ("pending", "preempted") or (retry_failed and state in ("failed", "diverged"))
 
 
 def _outcome(r: _Running) -> dict:

@@ -49,7 +49,8 @@ flags.DEFINE_enum("executor", "local", ["local", "debug", "slurm"],
                   "(one Slurm job array).")
 flags.DEFINE_string("partition", None, "sweep --executor slurm: the partition (default: the cluster's).")
 flags.DEFINE_integer("nodes", 1, "sweep --executor slurm: nodes per point (a multi-host run over them).")
-flags.DEFINE_integer("tasks_per_node", 1, "sweep --executor slurm: processes per node (one per GPU).")
+flags.DEFINE_integer("tasks_per_node", 1, "sweep: processes per point (slurm: per node, one per GPU; local: a "
+                     "multi-process run on 127.0.0.1).")
 flags.DEFINE_integer("gpus_per_node", 0, "sweep --executor slurm: GPUs per node.")
 flags.DEFINE_integer("cpus_per_task", None, "sweep --executor slurm: CPUs per process.")
 flags.DEFINE_integer("array_parallelism", 256, "sweep --executor slurm: array tasks running at once.")
@@ -144,7 +145,8 @@ def sweep(cfg):
   print(f"sweep {sweep_dir}: {len(grid)} points, executor {FLAGS.executor}, at most {window} at once")
   slurm_options = _slurm_options()
   counts = engine.run(grid, sweep_dir, FLAGS.executor, FLAGS.max_parallel, FLAGS.retry_failed, FLAGS.timeout_min,
-                      FLAGS.cpu_binding, slurm_options=slurm_options)
+                      FLAGS.cpu_binding, slurm_options=slurm_options,
+                      tasks=FLAGS.tasks_per_node)
   print(engine.status(sweep_dir))
   if counts.get("done"):
     from lmlab import report

@@ -209,3 +209,26 @@ def test_a_point_finished_by_another_launch_after_the_first_look_is_not_run_agai
   assert engine.run([point], str(tmp_path / "sweep"), "debug", out=lines.append) == {"done": 1}
   assert not os.path.exists(os.path.join(point.workdir, "provenance.json"))  # never started here
   assert any(line.endswith(": done in another launch of this sweep") for line in lines)
+
+
+def test_the_tasks_of_a_local_multi_task_job_join_over_127_0_0_1(monkeypatch):
+  """`--executor local --tasks_per_node 2`: submitit starts two processes per point; they join one run
+  with explicit arguments (the port from the job id, the same for both tasks)."""
+  import jax
+
+  from lmlab import distributed
+  for name in ("SLURM_JOB_ID", "SLURM_STEP_NODELIST"):
+    monkeypatch.delenv(name, raising=False)
+  monkeypatch.setenv("SUBMITIT_LOCAL_JOB_ID", "31234")
+  monkeypatch.setenv("SUBMITIT_LOCAL_NTASKS", "2")
+  monkeypatch.setenv("SUBMITIT_LOCAL_GLOBALID", "1")
+  assert distributed.local_tasks() == ("127.0.0.1:31234", 2, 1)
+  calls = []
+  monkeypatch.setattr(jax.config, "update", lambda *args: calls.append(("update", *args)))
+  monkeypatch.setattr(jax.distributed, "initialize", lambda *args: calls.append(("initialize", *args)))
+  monkeypatch.setattr(distributed, "initialized", False)
+  distributed.initialize()
+  assert calls == [("update", "jax_cpu_collectives_implementation", "gloo"),
+                   ("initialize", "127.0.0.1:31234", 2, 1)]
+  monkeypatch.setenv("SUBMITIT_LOCAL_NTASKS", "1")
+  assert distributed.local_tasks() is None  # one task per point: one process

@@ -1,6 +1,8 @@
 """Joining a multi-process run: explicit flags (--coordinator_address, --num_processes, --process_id),
 else an srun step with several tasks (JAX reads SLURM_JOB_ID, SLURM_STEP_NODELIST, SLURM_NTASKS,
-SLURM_PROCID and SLURM_LOCALID, and pins one GPU per task by SLURM_LOCALID), else nothing: one process.
+SLURM_PROCID and SLURM_LOCALID, and pins one GPU per task by SLURM_LOCALID), else the tasks of a submitit
+local job (a sweep's `--executor local --tasks_per_node K`: explicit 127.0.0.1 arguments), else nothing:
+one process.
 
 A single-task job (submitit starts every array task through srun) and a partial Slurm environment (a
 shell on an allocated node has SLURM_JOB_ID but no step) stay single-process (jax issue #30073).
@@ -21,10 +23,22 @@ def slurm_tasks() -> int:
     return 1
 
 
+def local_tasks() -> tuple[str, int, int] | None:
+  """(coordinator address, tasks, this task) of a submitit local job with several tasks, else None. The
+  port follows from the job id (its controller's pid), the same for every task of the job."""
+  tasks = int(os.environ.get("SUBMITIT_LOCAL_NTASKS") or 1)
+  if tasks <= 1 or "SUBMITIT_LOCAL_JOB_ID" not in os.environ:
+    return None
+  port = 20000 + int(os.environ["SUBMITIT_LOCAL_JOB_ID"]) % 20000
+  return f"127.0.0.1:{port}", tasks, int(os.environ.get("SUBMITIT_LOCAL_GLOBALID") or 0)
+
+
 def initialize(coordinator_address: str | None = None, num_processes: int = 1, process_id: int = 0) -> None:
   """jax.distributed.initialize for the cases above; must run before JAX touches its backend."""
   global initialized
   import jax
+  if num_processes <= 1 and slurm_tasks() <= 1 and local_tasks():
+    coordinator_address, num_processes, process_id = local_tasks()
   explicit = num_processes > 1
   if not explicit and slurm_tasks() <= 1:
     return

@@ -50,8 +50,12 @@ def code_state(workdir: str, index: int) -> dict:
   diff_file = None
   if dirty:
     diff_file = f"provenance_{index}.diff"
-    with open(os.path.join(workdir, diff_file), "w") as f:
-      f.write(_git("diff", "HEAD") or "")
+    try:
+      with open(os.path.join(workdir, diff_file), "w") as f:
+        f.write(_git("diff", "HEAD") or "")
+    except OSError as e:
+      print(f"warning: could not save the code's diff in {workdir}: {e}", file=sys.stderr)
+      diff_file = None
   return {"commit": commit.strip(), "dirty": dirty, "diff_file": diff_file}
 
 
@@ -72,10 +76,15 @@ def _load(workdir: str) -> dict:
 
 
 def _save(workdir: str, record: dict) -> None:
+  """Writes provenance.json; a failure (a full disk) is a warning, never the run's error: the run's own
+  error, e.g. the checkpoint save that filled the disk, is the one to report."""
   path = os.path.join(workdir, FILE)
-  with open(path + ".tmp", "w") as f:
-    json.dump(record, f, indent=2)
-  os.replace(path + ".tmp", path)
+  try:
+    with open(path + ".tmp", "w") as f:
+      json.dump(record, f, indent=2)
+    os.replace(path + ".tmp", path)
+  except OSError as e:
+    print(f"warning: could not record provenance in {path}: {e}", file=sys.stderr)
 
 
 def start(workdir: str) -> int:

@@ -62,11 +62,13 @@ def _event(sweep_dir: str, point: points_lib.Point, state: str, **fields) -> Non
     f.write(json.dumps(row, default=str) + "\n")
 
 
-def _executor(kind: str, folder: str, timeout_min: float):
+def _executor(kind: str, folder: str, timeout_min: float, tasks: int = 1):
   if kind == "debug":
     return submitit.DebugExecutor(folder)
   executor = submitit.LocalExecutor(folder)
-  executor.update_parameters(timeout_min=timeout_min)  # submitit's local default is 2 minutes
+  # submitit's local default is 2 minutes. tasks > 1: each point is a multi-process run of that many
+  # local processes (lmlab.distributed joins them over 127.0.0.1).
+  executor.update_parameters(timeout_min=timeout_min, tasks_per_node=tasks)
   return executor
 
 
@@ -82,7 +84,7 @@ class _Running:
 
 def run(points: list[points_lib.Point], sweep_dir: str, executor: str = "local", max_parallel: int = 1,
         retry_failed: bool = False, timeout_min: float = 24 * 60, cpu_binding: bool = True,
-        poll_s: float = 1.0, out=print, slurm_options=None) -> dict:
+        poll_s: float = 1.0, out=print, slurm_options=None, tasks: int = 1) -> dict:
   """Runs every point that is not finished (see the module docstring) and returns {state: count} over
   all points. Raises Interrupted when a signal stopped the sweep."""
   if executor not in EXECUTORS:
@@ -111,14 +113,14 @@ def run(points: list[points_lib.Point], sweep_dir: str, executor: str = "local",
   if executor == "slurm":
     return _run_slurm(points, todo, sweep_dir, slurm_options, poll_s, out, retry_failed)
   return _run_here(points, todo, sweep_dir, executor, max_parallel, timeout_min, cpu_binding, poll_s, out,
-                   retry_failed)
+                   retry_failed, tasks)
 
 
 def _run_here(points, todo, sweep_dir: str, executor: str, max_parallel: int, timeout_min: float,
-              cpu_binding: bool, poll_s: float, out, retry_failed: bool = False) -> dict:
+              cpu_binding: bool, poll_s: float, out, retry_failed: bool = False, tasks: int = 1) -> dict:
   """The debug and local executors: a window of max_parallel claimed points, each on its slot."""
   slots = worker.local_slots(max_parallel, sorted(os.sched_getaffinity(0)), _visible_gpus(), cpu_binding)
-  submitter = _executor(executor, os.path.join(sweep_dir, "submitit", "%j"), timeout_min)
+  submitter = _executor(executor, os.path.join(sweep_dir, "submitit", "%j"), timeout_min, tasks)
   os.environ["PYTHONPATH"] = os.pathsep.join(  # workers import lmlab even from an uninstalled checkout
       [os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))]
       + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])

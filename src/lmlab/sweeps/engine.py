@@ -13,6 +13,7 @@ as preempted; running the same command again resumes them.
 import datetime
 import json
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -359,7 +360,8 @@ def search(base, space: dict, sweep_dir: str, executor: str = "local", workers: 
   sweep_dir = os.path.abspath(sweep_dir)
   base_point = points_lib.expand(base, [{}], sweep_dir)[0]
   prepare.shared([base_point], sweep_dir, out)  # the TFDS data and the base tokenizer, once
-  os.rmdir(base_point.workdir) if os.path.isdir(base_point.workdir) and not os.listdir(base_point.workdir) else None
+  if not os.path.exists(os.path.join(base_point.workdir, "config.json")):  # not a trial: only the copied tokenizer
+    shutil.rmtree(base_point.workdir, ignore_errors=True)
   os.environ["LMLAB_COMMAND"] = json.dumps(sys.argv)
   args = (base.to_dict(), space, sweep_dir, os.getcwd())
   if executor == "slurm":

@@ -4,7 +4,9 @@ Experiment files start from `default_config()` and change values; `validate()` r
 and turns typos, wrong types and impossible combinations into one clear `ConfigError` naming the key.
 """
 
+import copy
 import difflib
+import json
 
 import ml_collections
 
@@ -437,3 +439,16 @@ def set_by_path(cfg: ConfigDict, dotted: str, value) -> None:
   if leaf not in node:
     raise ConfigError(f"Unknown config key config.{dotted}.")
   node[leaf] = value
+
+
+def json_without(cfg, dotted_keys) -> str:
+  """cfg (a ConfigDict or its dict) as sorted JSON without the given dotted fields (absent ones are
+  ignored): the part of a config something depends on, e.g. a compiled Trainer or a sweep point's results."""
+  tree = cfg.to_dict() if isinstance(cfg, ml_collections.ConfigDict) else copy.deepcopy(cfg)
+  for dotted in dotted_keys:
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for key in parents:
+      node = node.get(key, {})
+    node.pop(leaf, None)
+  return json.dumps(tree, sort_keys=True, default=str)

@@ -13,11 +13,11 @@ import pandas as pd
 
 from lmlab.errors import UserError
 from lmlab.report import stats
+from lmlab.sweeps import points
 
 # Config fields that never define a configuration: seeds are what a configuration is averaged over, and
 # the rest only change where and how often a run writes, not its results.
-IGNORED = ("seed", "workdir", "name", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
-           "train.lock_wait_s")
+IGNORED = ("seed",) + tuple(f for f in points.NOT_RESULTS if f != "sample")  # the sweep hash's list
 IGNORED_PREFIXES = ("sample.",)
 # Fine-tuning fields that the system sets (the pretrained run's architecture, objective and tokenizer, or
 # the baseline): the `system` column names them once instead of a dozen model.* axes.

@@ -303,11 +303,21 @@ def _stop_workers(running: list[_Running], sweep_dir: str, out) -> None:
 
 
 def counts(points: list[points_lib.Point]) -> dict:
+  """{state: number of points} as their directories say."""
+  return _tally(points_lib.state(p.workdir) for p in points)
+
+
+def _tally(states) -> dict:
   result = {}
-  for p in points:
-    s = points_lib.state(p.workdir)
+  for s in states:
     result[s] = result.get(s, 0) + 1
   return result
+
+
+def _summary(c: dict, total: int) -> str:
+  """'3/6 done, 1 running, 0 failed, 0 diverged, 0 preempted' from {state: count}."""
+  return (f"{c.get('done', 0)}/{total} done, {c.get('running', 0)} running, {c.get('failed', 0)} failed, "
+          f"{c.get('diverged', 0)} diverged, {c.get('preempted', 0)} preempted")
 
 
 def _progress(points, running, walls, max_parallel) -> str:
@@ -320,8 +330,7 @@ def _progress(points, running, walls, max_parallel) -> str:
   if walls and left:
     seconds = sum(walls) / len(walls) * left / max_parallel
     eta = f"; ETA {seconds // 60:.0f}m{seconds % 60:02.0f}s"
-  return (f"progress: {done}/{total} done, {c.get('running', 0)} running, {c.get('failed', 0)} failed, "
-          f"{c.get('diverged', 0)} diverged, {c.get('preempted', 0)} preempted{eta}")
+  return f"progress: {_summary(c, total)}{eta}"
 
 
 def status(sweep_dir: str) -> str:
@@ -337,17 +346,16 @@ def status(sweep_dir: str) -> str:
       for row in map(json.loads, f):
         last[row["point"]] = dict(last.get(row["point"], {}), **{k: v for k, v in row.items() if v is not None})
   lines = ["| point | state | job | wall time | note |", "|---|---|---|---|---|"]
-  c = {}
+  states = []
   for name in known:
     s = points_lib.state(os.path.join(sweep_dir, name))
-    c[s] = c.get(s, 0) + 1
+    states.append(s)
     ev = last.get(name, {})
     wall = f"{ev['wall_time_s']:.0f} s" if isinstance(ev.get("wall_time_s"), (int, float)) else "-"
     note = (ev.get("error") or "")[:100] if s in ("failed", "diverged", "preempted") else ""
     lines.append(f"| {name} | {s} | {ev.get('job_id', '-')} | {wall} | {note} |")
-  lines.append(f"{c.get('done', 0)}/{len(known)} done, {c.get('running', 0)} running, {c.get('failed', 0)} failed, "
-               f"{c.get('diverged', 0)} diverged, {c.get('preempted', 0)} preempted, "
-               f"{c.get('pending', 0)} pending")
+  c = _tally(states)
+  lines.append(f"{_summary(c, len(known))}, {c.get('pending', 0)} pending")
   return "\n".join(lines)
 
 
@@ -372,7 +380,7 @@ def search(base, space: dict, sweep_dir: str, executor: str = "local", workers: 
   else:
     ex = _executor(executor, os.path.join(sweep_dir, "submitit", "%j"), timeout_min)
     slots = worker.local_slots(workers, sorted(os.sched_getaffinity(0)), _visible_gpus(), cpu_binding)
-    jobs = [ex.submit(_SlottedSearch(slot if executor == "local" else None), *args, slot.index)
+    jobs = [ex.submit(search_lib.SearchWorker(), *args, slot.index, slot if executor == "local" else None)
             for slot in slots[:1 if executor == "debug" else workers]]
   out(f"search {sweep_dir}: {space['trials']} trials of {', '.join(space['params'])} by {len(jobs)} worker(s) "
       f"(jobs {', '.join(j.job_id for j in jobs)}), optimizing {space['metric']} ({space['direction']})")
@@ -390,14 +398,3 @@ def search(base, space: dict, sweep_dir: str, executor: str = "local", workers: 
       out(f"  search worker {j.job_id} failed: {' '.join(str(e).split())[-300:]}")
   return search_lib.best(sweep_dir, space)
 
-
-class _SlottedSearch:
-  """A search worker pinned to a local slot (see worker.local_slots)."""
-
-  def __init__(self, slot):
-    self.slot = slot
-
-  def __call__(self, *args):
-    from lmlab.sweeps import search as search_lib
-    worker._take(self.slot)
-    return search_lib.SearchWorker()(*args)

@@ -51,16 +51,8 @@ class Point:
 
 def results_hash(cfg) -> str:
   """8 hex digits over the config's fields that change results."""
-  tree = cfg.to_dict() if isinstance(cfg, ml_collections.ConfigDict) else copy.deepcopy(cfg)
-  ignored = NOT_RESULTS + (() if "task" in tree else NOT_PRETRAINING_RESULTS)
-  for dotted in ignored:
-    *parents, leaf = dotted.split(".")
-    node = tree
-    for key in parents:
-      node = node.get(key, {})
-    node.pop(leaf, None)
-  text = json.dumps(tree, sort_keys=True, default=str)
-  return hashlib.sha256(text.encode()).hexdigest()[:8]
+  ignored = NOT_RESULTS + (() if "task" in cfg else NOT_PRETRAINING_RESULTS)
+  return hashlib.sha256(config_lib.json_without(cfg, ignored).encode()).hexdigest()[:8]
 
 
 def readable(overrides: dict) -> str:

@@ -70,8 +70,12 @@ class SearchWorker:
   """One search worker (a submitit job): runs trials of the shared study until it has `trials` finished
   (complete or pruned) trials in all."""
 
-  def __call__(self, base: dict, space: dict, sweep_dir: str, cwd: str | None = None, index: int = 0) -> int:
-    """index: this worker's number, its sampler's seed (workers with one seed would draw the same values)."""
+  def __call__(self, base: dict, space: dict, sweep_dir: str, cwd: str | None = None, index: int = 0,
+               slot=None) -> int:
+    """index: this worker's number, its sampler's seed (workers with one seed would draw the same values);
+    slot: its share of a local machine (sweeps.worker.Slot)."""
+    from lmlab.sweeps import worker
+    worker.take(slot)
     if cwd:
       os.chdir(cwd)
     import ml_collections

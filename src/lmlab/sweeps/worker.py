@@ -36,7 +36,7 @@ def local_slots(max_parallel: int, cpus: list[int], gpus: list[int], bind: bool 
   return slots
 
 
-def _take(slot: Slot | None) -> None:
+def take(slot: Slot | None) -> None:
   """Pins this process to its slot: CPU affinity and thread-pool sizes (XLA's Eigen pool sizes itself from
   the affinity; TensorFlow's tf.data and the BLAS libraries read these variables), and its GPUs."""
   if slot is None:
@@ -60,7 +60,7 @@ def run_point(config: dict, slot: Slot | None = None, cwd: str | None = None) ->
   state done / diverged / preempted / failed, the error line, the wall time. cwd: the launcher's working
   directory (relative paths in the config mean what they meant there; a Slurm job starts in the code
   snapshot). Under Slurm, a point stopped by a preemption or time-limit signal is requeued."""
-  _take(slot)
+  take(slot)
   if cwd:
     os.chdir(cwd)
   start = time.time()

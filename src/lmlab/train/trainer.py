@@ -1,14 +1,13 @@
 """Binds model, optimizer and mesh into jitted, sharded train/eval steps and creates the train state."""
 
 import functools
-import json
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import optax
 from jax.sharding import PartitionSpec as P
 
+from lmlab import config as config_lib
 from lmlab import models, objectives
 from lmlab.models import recurrent, transformer
 from lmlab.objectives.base import TOKENS, LossTerm
@@ -100,14 +99,7 @@ class Trainer:
 
 def _compiled_fields(cfg) -> str:
   """cfg as JSON without the fields in _NOT_COMPILED: the part of a config a Trainer depends on."""
-  tree = cfg.to_dict()
-  for dotted in _NOT_COMPILED:
-    *parents, leaf = dotted.split(".")
-    node = tree
-    for key in parents:
-      node = node.get(key, {})
-    node.pop(leaf, None)
-  return json.dumps(tree, sort_keys=True, default=str)
+  return config_lib.json_without(cfg, _NOT_COMPILED)
 
 
 _TRAINERS: dict = {}

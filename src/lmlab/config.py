@@ -452,3 +452,14 @@ def json_without(cfg, dotted_keys) -> str:
       node = node.get(key, {})
     node.pop(leaf, None)
   return json.dumps(tree, sort_keys=True, default=str)
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+  """{"model": {"d_model": 64}} -> {"model.d_model": 64}: a nested config (or summary) as dotted leaves."""
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(flatten(value, f"{prefix}{key}."))
+    else:
+      out[prefix + key] = value
+  return out

@@ -17,6 +17,7 @@ import sys
 import numpy as np
 import pandas as pd
 
+from lmlab import config as config_lib
 from lmlab.errors import UserError
 from lmlab.report import plots as plots_lib
 from lmlab.report import scaling, stats
@@ -56,13 +57,8 @@ def _read_json(path: str):
 
 def flatten(tree: dict, prefix: str = "") -> dict:
   """{"model": {"d_model": 64}} -> {"model.d_model": 64}; a list becomes its JSON text (one table cell)."""
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      out.update(flatten(value, f"{prefix}{key}."))
-    else:
-      out[prefix + key] = json.dumps(value) if isinstance(value, list) else value
-  return out
+  return {key: json.dumps(value) if isinstance(value, list) else value
+          for key, value in config_lib.flatten(tree, prefix).items()}
 
 
 def final_metrics(summary: dict) -> dict:

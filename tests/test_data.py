@@ -360,16 +360,15 @@ def test_train_dataset_visits_every_row_once_per_epoch():
 def test_eval_batches_pad_with_zero_rows():
   packed = row_packed(10)
   packed["tokens"] = packed["tokens"] + 4
-  batches = list(pipeline.eval_batches(packed, 4))
+  batches = list(pipeline.EvalBatches(packed, 4))
   assert len(batches) == 3
   for key in packing.KEYS:
     stacked = np.concatenate([b[key] for b in batches])
     assert stacked.shape == (12, 4) and stacked.dtype == np.int32
     np.testing.assert_array_equal(stacked[:10], packed[key])
     assert (stacked[10:] == 0).all()
-  assert len(list(pipeline.eval_batches(packed, 4, num_batches=1))) == 1
-  extended = list(pipeline.eval_batches(packed, 4, num_batches=5))
-  assert len(extended) == 5 and all((b["segment_ids"] == 0).all() for b in extended[3:])
+  with pytest.raises(IndexError):
+    pipeline.EvalBatches(packed, 4)[3]
 
 
 def test_transform_is_seeded_by_step_and_resumes():
@@ -386,5 +385,5 @@ def test_transform_is_seeded_by_step_and_resumes():
   np.testing.assert_array_equal(first[2:], stream(start_step=2)[:4])  # resuming sees the same noise
   assert not np.array_equal(first, stream(process_index=1))
   # Evaluation batches get a fixed rng per batch index: every evaluation sees the same masks.
-  evals = [[b["tokens"] for b in pipeline.eval_batches(packed, 5, transform=noisy, seed=1)] for _ in range(2)]
+  evals = [[b["tokens"] for b in pipeline.EvalBatches(packed, 5, transform=noisy, seed=1)] for _ in range(2)]
   np.testing.assert_array_equal(evals[0], evals[1])

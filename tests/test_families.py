@@ -7,6 +7,7 @@ import pytest
 from lmlab import config as config_lib
 from lmlab import objectives
 from lmlab.data import pipeline, tokenizer
+from lmlab.data.documents import Documents
 from lmlab.train import checkpoint, partitioning, trainer
 
 V = 64
@@ -51,7 +52,7 @@ def documents(count=40, seed=0):
 def make_batches(cfg, count, start_step=0):
   """`count` transformed training batches from `start_step` on, as the input pipeline makes them."""
   data = objectives.get(cfg.objective.name).data(cfg, V, FakeTokenizer())
-  ds = pipeline.train_dataset(data.rows(documents()), cfg.data.batch_size, cfg.seed, start_step,
+  ds = pipeline.train_dataset(data.rows(Documents.from_list(documents())), cfg.data.batch_size, cfg.seed, start_step,
                               transform=data.transform, spec=data.spec(cfg.data.batch_size))
   return list(ds.take(count).as_numpy_iterator())
 
@@ -94,7 +95,7 @@ def test_sharded_step_matches_single_device(family, objective):
 REFERENCE_LOSS = {
     ("decoder", "prefix_lm"): 4.1794281005859375,
     ("encoder", "mlm"): 4.214890480041504,
-    ("encoder", "mlm_nsp"): 4.184341907501221,
+    ("encoder", "mlm_nsp"): 4.154475688934326,  # pair rows in packing.Shuffled order since the shards
     ("encoder_decoder", "span_corruption"): 4.173556804656982,
     ("rnn", "causal_lm"): 4.158945560455322,
     ("rnn", "mlm"): 4.163174152374268,

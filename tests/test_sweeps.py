@@ -87,12 +87,15 @@ def _starts(point) -> int:
     return len(json.load(f)["runs"])
 
 
-def test_a_sweep_reruns_only_what_is_not_finished(tmp_path, bbc_data_dir):
+def test_a_sweep_reruns_only_what_is_not_finished(tmp_path, bbc_data_dir, monkeypatch):
+  monkeypatch.setenv("LMLAB_CACHE", str(tmp_path / "cache"))  # empty: this sweep prepares its data
   sweep_dir = str(tmp_path / "sweep")
   lines = []
   first = _ngram_points(tmp_path, bbc_data_dir, (2, 3))
   assert engine.run(first, sweep_dir, "debug", out=lines.append) == {"done": 2}
-  assert sum("training the shared tokenizer" in line for line in lines) == 1  # once for both points
+  # Prepared once for both points, before they run: the tokenizer, then the shards of both splits.
+  assert sum(line.startswith("Training the tokenizer") for line in lines) == 1
+  assert sum(line.startswith("Preparing") for line in lines) == 2
   for p in first:
     record = json.load(open(os.path.join(p.workdir, "provenance.json")))["runs"][0]
     assert record["outcome"] == "finished" and record["versions"]["jax"] and record["devices"]["count"] >= 1

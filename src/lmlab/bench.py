@@ -18,7 +18,7 @@ import numpy as np
 
 from lmlab import config as config_lib
 from lmlab import objectives
-from lmlab.data import tokenizer
+from lmlab.data import documents, tokenizer
 from lmlab.objectives import span
 from lmlab.train import partitioning, trainer
 
@@ -72,8 +72,7 @@ def synthetic_batch(cfg, seed: int = 0) -> dict:
   docs = [np.concatenate([[tokenizer.BOS_ID], rng.integers(special, vocab, n), [tokenizer.EOS_ID]]).astype(np.int32)
           for n in rng.integers(cfg.data.seq_len // 2, 4 * cfg.data.seq_len, 8 * cfg.data.batch_size)]
   data = objectives.get(cfg.objective.name).data(cfg, vocab)
-  rows = data.rows(docs)
-  batch = {key: value[:cfg.data.batch_size] for key, value in rows.items()}
+  batch = data.rows(documents.Documents.from_list(docs)).get(np.arange(cfg.data.batch_size))
   return data.transform(batch, np.random.default_rng([seed, 0, 0]))
 
 

@@ -69,6 +69,16 @@ def default_config() -> ConfigDict:
   d.batch_size = 32
   # Batches that tf.data prepares ahead of the train step.
   d.prefetch = 2
+  # Where tokenized splits (token shards) and corpus tokenizers are cached and shared by runs; None:
+  # $LMLAB_CACHE, else ~/.cache/lmlab. `python launch.py prepare` fills it ahead of a run.
+  d.cache_dir = ml_collections.config_dict.placeholder(str)
+  # Token shards per split (0: automatic, one per 64 MB of text and at least one per process); each
+  # process reads a contiguous block of them.
+  d.num_shards = 0
+  # Local processes that prepare missing shards when a run starts (launch.py prepare has --workers).
+  d.prepare_workers = 1
+  # Check every shard's SHA-256 when a run starts (file sizes are always checked).
+  d.verify_shards = True
   # Stop before training when more than this fraction of the training tokens are <unk>: the tokenizer
   # does not fit the data (another script, binary files) and the run would train on nothing.
   d.max_unknown_rate = 0.05
@@ -80,8 +90,10 @@ def default_config() -> ConfigDict:
   t.model_type = "unigram"
   # Fraction of characters the vocabulary must cover (rarer ones map to unk).
   t.character_coverage = 0.9995
-  # Maximum number of training paragraphs fed to sentencepiece (0: all).
-  t.max_sentences = 0
+  # The tokenizer trains on a uniform sample of at most this many lines of the training split (0: all).
+  t.max_sentences = 1_000_000
+  # Seed of that sample.
+  t.sample_seed = 0
   # T5 sentinel pieces <extra_id_0..N-1> reserved after [CLS] [SEP] [MASK] (ids 7..6+N), for span corruption.
   t.num_sentinels = 100
 
@@ -309,8 +321,9 @@ def validate(cfg: ConfigDict, num_devices: int | None = None, process_count: int
 
   positive("data.seq_len", "data.batch_size", "tokenizer.vocab_size", "model.num_layers", "model.d_model",
            "model.num_heads", "model.mlp_dim", "optim.lr", "optim.grad_accum_steps", "train.num_steps",
-           "train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "sample.max_new_tokens")
-  positive("tokenizer.num_sentinels", "train.lock_wait_s", "optim.warmup_steps", "optim.weight_decay",
+           "train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "sample.max_new_tokens",
+           "data.prepare_workers")
+  positive("tokenizer.num_sentinels", "tokenizer.max_sentences", "data.num_shards", "train.lock_wait_s", "optim.warmup_steps", "optim.weight_decay",
            "optim.grad_clip", "train.eval_every",
            "train.eval_batches", "sample.temperature", "sample.top_k", "sample.beam_size", "data.prefetch",
            allow_zero=True)

@@ -1,6 +1,9 @@
 """Documents (plain strings) of one split, from a TFDS dataset or the user's text files.
 
-Each process reads only its own share of the split, so multi-host runs never hold the whole corpus twice.
+A split is read whole (`load_documents`, for tokenizer samples and small corpora) or as one of
+`num_shards` contiguous shards streamed in order (`iter_documents`, for the token shards of
+data/shards.py): shards 0, 1, ... read in turn give the split's documents in the same order. TFDS splits
+are cut into even sub-splits by examples; text files into groups of whole files of about equal size.
 """
 
 import difflib
@@ -8,12 +11,13 @@ import glob
 import hashlib
 import os
 import re
+from typing import Iterator
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from lmlab.data import bbc_news, tokenizer
+from lmlab.data import bbc_news
 from lmlab.errors import DataError
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
@@ -37,6 +41,36 @@ def load_documents(data_cfg, split: str, process_index: int = 0, process_count: 
   return docs
 
 
+def iter_documents(data_cfg, split: str, shard: int = 0, num_shards: int = 1) -> Iterator[str]:
+  """The documents of shard `shard` of `num_shards` of `split`, streamed (memory does not grow with it)."""
+  if data_cfg.source == "tfds":
+    builder = tfds_builder(data_cfg)
+    _check_split(builder, data_cfg, split)
+    _check_text_key(builder, data_cfg)
+    yield from _tfds_stream(builder, data_cfg.text_key, tfds.even_splits(split, n=num_shards)[shard])
+  elif data_cfg.source == "text_files":
+    _check_text_split(data_cfg, split)
+    paths = text_file_paths(data_cfg)
+    group_P = _file_groups(paths, num_shards)
+    for path in (p for p, g in zip(paths, group_P) if g == shard):
+      yield from _file_documents(data_cfg, path, split)
+  else:
+    raise DataError(f"config.data.source = {data_cfg.source!r} is not one of 'tfds', 'text_files'.")
+
+
+def text_bytes(data_cfg, split: str) -> int:
+  """About how many bytes of text `split` holds (TFDS: its record bytes; text files: all the files, as
+  every split reads them all): what sizes the automatic number of shards."""
+  if data_cfg.source == "tfds":
+    info = tfds_builder(data_cfg).info.splits
+    total = 0
+    for part in split.split("+"):
+      full = info[part.split("[")[0].strip()]
+      total += int(full.num_bytes * info[part.strip()].num_examples / max(full.num_examples, 1))
+    return total
+  return sum(os.path.getsize(p) for p in text_file_paths(data_cfg))
+
+
 def check(data_cfg) -> None:
   """Raises DataError now, before a run creates anything, if the configured source cannot give its train
   and eval splits: an unknown or unprepared TFDS dataset, a missing split or text feature, a text glob
@@ -47,13 +81,7 @@ def check(data_cfg) -> None:
       _check_split(builder, data_cfg, split)
     _check_text_key(builder, data_cfg)
   else:
-    _text_file_paths(data_cfg)
-
-
-def encoded_documents(data_cfg, sp, split: str, process_index: int = 0, process_count: int = 1
-                      ) -> list[np.ndarray]:
-  """This process's share of `split`, tokenized in one batch call ([BOS] ids [EOS] per document)."""
-  return tokenizer.encode_documents(sp, load_documents(data_cfg, split, process_index, process_count))
+    text_file_paths(data_cfg)
 
 
 def _split_key(data_cfg, split: str) -> str:
@@ -106,12 +134,14 @@ def _tfds_documents(data_cfg, split, process_index, process_count) -> list[str]:
   _check_split(builder, data_cfg, split)
   _check_text_key(builder, data_cfg)
   key = data_cfg.text_key
-  shard = tfds.even_splits(split, n=process_count)[process_index]
+  return list(_tfds_stream(builder, key, tfds.even_splits(split, n=process_count)[process_index]))
+
+
+def _tfds_stream(builder, key: str, split) -> Iterator[str]:
   # Decode only the text feature: skips e.g. images or audio that other features may hold.
-  ds = builder.as_dataset(split=shard, shuffle_files=False,
-                          decoders=tfds.decode.PartialDecoding({key: True}))
-  ds = ds.map(lambda ex: ex[key]).batch(1024)
-  return [bbc_news.decode_text(raw) for batch in tfds.as_numpy(ds) for raw in batch]
+  ds = builder.as_dataset(split=split, shuffle_files=False, decoders=tfds.decode.PartialDecoding({key: True}))
+  for batch in tfds.as_numpy(ds.map(lambda ex: ex[key]).batch(1024)):
+    yield from (bbc_news.decode_text(raw) for raw in batch)
 
 
 def _check_text_key(builder, data_cfg) -> None:
@@ -122,7 +152,7 @@ def _check_text_key(builder, data_cfg) -> None:
                     f"its text features are {', '.join(strings) or 'none'}.")
 
 
-def _text_file_paths(data_cfg) -> list[str]:
+def text_file_paths(data_cfg) -> list[str]:
   pattern = os.path.expanduser(data_cfg.text_glob)
   paths = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
   if not paths:
@@ -161,20 +191,31 @@ def _is_eval(name: str, percent: int) -> bool:
   return int(hashlib.md5(name.encode("utf-8")).hexdigest(), 16) % 100 < percent
 
 
-def _text_file_documents(data_cfg, split, process_index, process_count) -> list[str]:
-  """Split rule: document i of file F (F relative to the glob's fixed directory) goes to eval_split
-  when md5("F:i") % 100 < text_eval_percent, else to train_split."""
+def _check_text_split(data_cfg, split) -> None:
   if split not in (data_cfg.train_split, data_cfg.eval_split):
     raise DataError(f"Split {split!r} is neither config.data.train_split = {data_cfg.train_split!r} nor "
                     f"config.data.eval_split = {data_cfg.eval_split!r}; text files have only these two.")
-  paths = _text_file_paths(data_cfg)
-  root = _glob_root(os.path.expanduser(data_cfg.text_glob))
+
+
+def _file_documents(data_cfg, path: str, split: str) -> list[str]:
+  """Split rule: document i of file F (F relative to the glob's fixed directory) goes to eval_split
+  when md5("F:i") % 100 < text_eval_percent, else to train_split."""
+  name = os.path.relpath(path, _glob_root(os.path.expanduser(data_cfg.text_glob))).replace(os.sep, "/")
   want_eval = split == data_cfg.eval_split
-  docs = []
-  for path in paths:
-    name = os.path.relpath(path, root).replace(os.sep, "/")
-    with open(path, "rb") as f:
-      units = _units(bbc_news.decode_text(f.read()), data_cfg.text_unit)
-    docs.extend(doc for i, doc in enumerate(units)
-                if _is_eval(f"{name}:{i}", data_cfg.text_eval_percent) == want_eval)
+  with open(path, "rb") as f:
+    units = _units(bbc_news.decode_text(f.read()), data_cfg.text_unit)
+  return [doc for i, doc in enumerate(units) if _is_eval(f"{name}:{i}", data_cfg.text_eval_percent) == want_eval]
+
+
+def _file_groups(paths: list[str], num_groups: int) -> np.ndarray:
+  """The shard of each file: contiguous runs of the sorted files holding about equal bytes (a shard may
+  be empty when there are fewer files than shards)."""
+  size_P = np.array([os.path.getsize(p) for p in paths], np.float64)
+  before_P = np.cumsum(size_P) - size_P  # bytes before each file
+  return np.minimum((before_P * num_groups / max(size_P.sum(), 1.0)).astype(np.int64), num_groups - 1)
+
+
+def _text_file_documents(data_cfg, split, process_index, process_count) -> list[str]:
+  _check_text_split(data_cfg, split)
+  docs = [doc for path in text_file_paths(data_cfg) for doc in _file_documents(data_cfg, path, split)]
   return docs[process_index::process_count]

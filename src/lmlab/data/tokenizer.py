@@ -1,6 +1,7 @@
 """The sentencepiece tokenizer: trained once per work directory, in memory, then reloaded from there."""
 
 import io
+import math
 import os
 import tempfile
 from typing import Iterable, Iterator
@@ -79,6 +80,31 @@ def training_lines(docs: Iterable[str]) -> Iterator[str]:
         yield from _cut_long_line(line)
 
 
+def sample_lines(docs: Iterable[str], max_lines: int, seed: int) -> list[str]:
+  """A uniform sample of at most max_lines of training_lines(docs) (0: all), kept in corpus order;
+  seeded, and streamed: memory holds the sample, never the corpus (reservoir sampling, Li's Algorithm L,
+  which draws random numbers only for the lines it takes)."""
+  lines = enumerate(training_lines(docs))
+  if max_lines <= 0:
+    return [line for _, line in lines]
+  reservoir = []
+  for i, line in lines:
+    reservoir.append((i, line))
+    if len(reservoir) == max_lines:
+      break
+  else:
+    return [line for _, line in reservoir]
+  rng = np.random.default_rng(seed)
+  w = math.exp(math.log(rng.random()) / max_lines)
+  take = max_lines - 1 + math.floor(math.log(rng.random()) / math.log1p(-w)) + 1
+  for i, line in lines:
+    if i == take:
+      reservoir[rng.integers(max_lines)] = (i, line)
+      w *= math.exp(math.log(rng.random()) / max_lines)
+      take += math.floor(math.log(rng.random()) / math.log1p(-w)) + 1
+  return [line for _, line in sorted(reservoir)]
+
+
 def _cut_long_line(line: str) -> Iterator[str]:
   """Greedy whitespace-separated pieces below MAX_PIECE_BYTES; a single overlong word is cut by chars."""
   piece, size = [], 0
@@ -119,8 +145,8 @@ def train_model(docs: Iterable[str], tok_cfg, fit_vocab: bool = False) -> bytes:
         pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
         user_defined_symbols=list(RESERVED_PIECES) + sentinel_pieces(tok_cfg.num_sentinels),
         num_threads=os.cpu_count() or 1,
-        input_sentence_size=tok_cfg.max_sentences,  # 0: all sentences.
-        shuffle_input_sentence=tok_cfg.max_sentences > 0,
+        input_sentence_size=0,  # every sentence given: callers sample them (sample_lines), seeded
+        shuffle_input_sentence=False,
         minloglevel=2,  # Only errors; training otherwise logs hundreds of lines.
         hard_vocab_limit=not fit_vocab,
     )
@@ -150,10 +176,11 @@ def save_model(path: str, data: bytes) -> None:
     raise
 
 
-def encode_documents(sp: spm.SentencePieceProcessor, docs: list[str]) -> list[np.ndarray]:
-  """[BOS] + ids + [EOS] as int32 per document, encoded in one batch call (~8x faster than one by one)."""
+def encode_documents(sp: spm.SentencePieceProcessor, docs: list[str], num_threads: int = -1) -> list[np.ndarray]:
+  """[BOS] + ids + [EOS] as int32 per document, encoded in one batch call (~8x faster than one by one;
+  num_threads -1: sentencepiece's own threads over every core)."""
   out = []
-  for ids in sp.encode(docs):
+  for ids in sp.encode(docs, num_threads=num_threads):
     arr = np.empty(len(ids) + 2, np.int32)
     arr[0], arr[1:-1], arr[-1] = BOS_ID, ids, EOS_ID
     out.append(arr)

@@ -39,7 +39,8 @@ TOKENS = LossTerm()  # the objective's token targets (next tokens, masked tokens
 @dataclasses.dataclass(frozen=True)
 class ObjectiveData:
   """What the input pipeline needs of an objective, bound to a config and tokenizer."""
-  rows: Callable[[list[np.ndarray]], dict]  # encoded documents of a split -> rows {name: [R, ...]}
+  # a split's documents (data/documents.py) -> its rows (data/pipeline.py's Rows: num_rows, get(index_B))
+  rows: Callable[..., object]
   transform: Transform  # (batch of rows, rng) -> the model/loss batch
   spec: Callable[[int], dict]  # batch size -> {name: (shape, dtype)} of the transform's output
 

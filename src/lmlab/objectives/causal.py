@@ -77,7 +77,7 @@ def _packed_lm(make_transform):
   def data(cfg, vocab_size, sp=None) -> ObjectiveData:
     del vocab_size, sp
     seq_len = cfg.data.seq_len
-    return ObjectiveData(functools.partial(packing.pack_documents, seq_len=seq_len), make_transform(cfg),
+    return ObjectiveData(lambda docs: packing.PackedRows(docs, seq_len), make_transform(cfg),
                          lambda batch_size: lm_spec(batch_size, seq_len))
   return data
 

@@ -173,6 +173,43 @@ def pair_rows(docs: list[np.ndarray], seq_len: int) -> dict:
           "doc_id": np.array(doc_ids, I32).reshape(-1)}
 
 
+def pair_counts(lengths_M: np.ndarray, half: int) -> np.ndarray:
+  """Rows pair_rows makes of documents of these lengths (BOS and EOS included), int64 [M]."""
+  n_M = np.maximum(np.asarray(lengths_M, np.int64) - 2, 0)
+  return np.where(n_M < 2, 0, np.where(n_M <= half, 1, -(-n_M // half) - 1))
+
+
+class PairRows:
+  """The rows pair_rows would make of a document stream (data/documents.py), read a batch at a time.
+  Documents must be framed as stored ([BOS] ids [EOS]); holds 8 bytes per document, never the tokens."""
+
+  def __init__(self, docs, seq_len: int):
+    self.docs, self.half = docs, nsp_half(seq_len)
+    self._start_M, length_M = docs.doc_bounds()
+    self._ids_M = length_M - 2  # without BOS and EOS
+    self._end_M = np.cumsum(pair_counts(length_M, self.half))  # rows before each document's end
+    self.num_rows = int(self._end_M[-1]) if self._end_M.size else 0
+
+  def get(self, index_B: np.ndarray) -> dict:
+    half, size = self.half, len(index_B)
+    out = {"first": np.zeros((size, half), I32), "second": np.zeros((size, half), I32),
+           "first_len": np.zeros(size, I32), "second_len": np.zeros(size, I32), "doc_id": np.zeros(size, I32)}
+    doc_B = np.searchsorted(self._end_M, np.asarray(index_B, np.int64), side="right")
+    for b, (r, d) in enumerate(zip(index_B, doc_B)):
+      j = int(r) - (int(self._end_M[d - 1]) if d else 0)  # the document's j-th pair
+      n, first = int(self._ids_M[d]), int(self._start_M[d]) + 1
+      if n <= half:
+        a_len = n // 2
+        ids = self.docs.tokens(first, first + n)
+        a, second = ids[:a_len], ids[a_len:]
+      else:
+        ids = self.docs.tokens(first + j * half, first + min((j + 2) * half, n))
+        a, second = ids[:half], ids[half:]
+      out["first"][b, :a.size], out["second"][b, :second.size] = a, second
+      out["first_len"][b], out["second_len"][b], out["doc_id"][b] = a.size, second.size, d
+    return out
+
+
 def next_sentence_spec(batch_size: int, seq_len: int) -> dict:
   """Output of next_sentence; nsp_weights is 0 for batch-padding rows."""
   shape = (batch_size, seq_len)
@@ -258,24 +295,18 @@ def _mlm_options(cfg, vocab_size: int, sp) -> dict:
   return options
 
 
-def _shuffled_pair_rows(docs: list[np.ndarray], seq_len: int) -> dict:
-  """pair_rows in a fixed random order: next_sentence draws NotNext halves from other documents of the
-  same batch, so even the (unshuffled) evaluation batches must mix documents."""
-  rows = pair_rows(docs, seq_len)
-  order = np.random.default_rng(0).permutation(len(rows["doc_id"]))
-  return {key: value[order] for key, value in rows.items()}
-
-
 def mlm_data(cfg, vocab_size: int, sp=None) -> ObjectiveData:
   seq_len = cfg.data.seq_len
-  return ObjectiveData(functools.partial(packing.pack_documents, seq_len=seq_len),
+  return ObjectiveData(lambda docs: packing.PackedRows(docs, seq_len),
                        functools.partial(mask_tokens, **_mlm_options(cfg, vocab_size, sp)),
                        lambda batch_size: mask_tokens_spec(batch_size, seq_len))
 
 
 def mlm_nsp_data(cfg, vocab_size: int, sp=None) -> ObjectiveData:
   seq_len = cfg.data.seq_len
-  return ObjectiveData(functools.partial(_shuffled_pair_rows, seq_len=seq_len),
+  # In a fixed shuffled order: next_sentence draws NotNext halves from other documents of the same batch,
+  # so even the (unshuffled) evaluation batches must mix documents.
+  return ObjectiveData(lambda docs: packing.Shuffled(PairRows(docs, seq_len)),
                        functools.partial(mlm_nsp, seq_len=seq_len, **_mlm_options(cfg, vocab_size, sp)),
                        lambda batch_size: mlm_nsp_spec(batch_size, seq_len))
 

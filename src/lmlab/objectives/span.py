@@ -219,7 +219,7 @@ def data(cfg, vocab_size, sp=None) -> ObjectiveData:
   transform = functools.partial(
       span_corruption, inputs_length=seq_len, targets_length=targets_length, noise_density=ob.noise_density,
       mean_noise_span_length=ob.mean_span_length, num_sentinels=cfg.tokenizer.num_sentinels)
-  return ObjectiveData(functools.partial(packing.pack_documents, seq_len=tokens_length), transform,
+  return ObjectiveData(lambda docs: packing.PackedRows(docs, tokens_length), transform,
                        lambda batch_size: span_corruption_spec(batch_size, seq_len, targets_length))
 
 

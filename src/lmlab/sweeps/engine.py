@@ -13,7 +13,6 @@ as preempted; running the same command again resumes them.
 import datetime
 import json
 import os
-import shutil
 import signal
 import socket
 import sys
@@ -110,7 +109,7 @@ def run(points: list[points_lib.Point], sweep_dir: str, executor: str = "local",
                             ", skipped"))
   if todo:
     from lmlab.sweeps import prepare  # imports TensorFlow: only when something will run
-    prepare.shared(todo, sweep_dir, out)
+    prepare.shared(todo, out)
   if executor == "slurm":
     return _run_slurm(points, todo, sweep_dir, slurm_options, poll_s, out, retry_failed)
   return _run_here(points, todo, sweep_dir, executor, max_parallel, timeout_min, cpu_binding, poll_s, out,
@@ -367,9 +366,7 @@ def search(base, space: dict, sweep_dir: str, executor: str = "local", workers: 
   from lmlab.sweeps import prepare, search as search_lib
   sweep_dir = os.path.abspath(sweep_dir)
   base_point = points_lib.expand(base, [{}], sweep_dir)[0]
-  prepare.shared([base_point], sweep_dir, out)  # the TFDS data and the base tokenizer, once
-  if not os.path.exists(os.path.join(base_point.workdir, "config.json")):  # not a trial: only the copied tokenizer
-    shutil.rmtree(base_point.workdir, ignore_errors=True)
+  prepare.shared([base_point], out)  # the TFDS data, the base tokenizer and token shards, once
   os.environ["LMLAB_COMMAND"] = json.dumps(sys.argv)
   args = (base.to_dict(), space, sweep_dir, os.getcwd())
   if executor == "slurm":

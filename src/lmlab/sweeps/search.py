@@ -83,7 +83,7 @@ class SearchWorker:
     from absl import logging
 
     from lmlab import distributed, errors, run
-    from lmlab.sweeps import points, prepare
+    from lmlab.sweeps import points
     distributed.initialize()
     logging.set_verbosity(logging.INFO if os.environ.get("LMLAB_VERBOSE", "") not in ("", "0") else logging.FATAL)
     split, name = space["metric"].split(".", 1)
@@ -107,7 +107,6 @@ class SearchWorker:
         if points.state(point.workdir) == "done":
           with open(os.path.join(point.workdir, "metrics.json")) as f:
             return float(json.load(f)[split][name])
-        prepare.copy_tokenizer(point, sweep_dir)
         summary = run.run(point.config, on_eval=report)
       except errors.Diverged as e:  # a result of the hyperparameters: the search goes on without them
         raise optuna.TrialPruned(str(e)) from e

@@ -14,7 +14,7 @@ from jax.experimental import multihost_utils
 
 from lmlab import config as config_lib
 from lmlab import objectives
-from lmlab.data import pipeline, sources, tokenizer
+from lmlab.data import pipeline, shards, sources, tokenizer
 from lmlab.decode import complete
 from lmlab.errors import Diverged, Interrupted
 from lmlab.train import checkpoint, logger, partitioning, signals, trainer, workdir
@@ -40,17 +40,19 @@ def _train(cfg, run_dir: str, mesh, stop: signals.StopRequests, cleanup: context
   log.print(f"Mesh {dict(mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} devices, "
             f"{jax.process_count()} process(es)")
 
-  # --- Input: tokenizer, the objective's rows, the resumable train stream.
-  sp = workdir.load_tokenizer(cfg, run_dir)
+  # --- Input: tokenizer, this process's token shards of each split (prepared once in the data cache,
+  # memory-mapped), the objective's rows over them, the resumable train stream.
+  sp = workdir.load_tokenizer(cfg, run_dir, log.print)
   process = (jax.process_index(), jax.process_count())
-  train_docs = sources.encoded_documents(cfg.data, sp, cfg.data.train_split, *process)
-  eval_docs = sources.encoded_documents(cfg.data, sp, cfg.data.eval_split, *process)
-  log.print(f"Data: {sum(map(len, train_docs)):,} train / {sum(map(len, eval_docs)):,} validation tokens "
-            f"(this process), objective {cfg.objective.name}, rows of {cfg.data.seq_len}")
+  tokenizer_path = os.path.join(run_dir, "tokenizer.model")
+  train_docs, train_counts = shards.split_documents(cfg, cfg.data.train_split, tokenizer_path, *process, log.print)
+  eval_docs, _ = shards.split_documents(cfg, cfg.data.eval_split, tokenizer_path, *process, log.print)
+  log.print(f"Data: {train_docs.num_tokens:,} train / {eval_docs.num_tokens:,} validation tokens (this "
+            f"process), objective {cfg.objective.name}, rows of {cfg.data.seq_len}")
   log.print(tokenizer.check_unknown_rate(
-      tokenizer.unknown_rate(train_docs), cfg.data.max_unknown_rate, "the training split",
-      "Train the tokenizer on this data: use a new --workdir (its tokenizer.model is trained on the training "
-      "split), with config.tokenizer.character_coverage = 1.0 for a large alphabet."))
+      train_counts["unknown_tokens"] / max(train_counts["num_tokens"], 1), cfg.data.max_unknown_rate,
+      "the training split", "Train the tokenizer on this data: use a new --workdir (its tokenizer.model comes "
+      "from the training split), with config.tokenizer.character_coverage = 1.0 for a large alphabet."))
   objective = objectives.get(cfg.objective.name)
   data = objective.data(cfg, sp.vocab_size(), sp)
   train_rows, eval_rows = data.rows(train_docs), data.rows(eval_docs)
@@ -69,10 +71,10 @@ def _train(cfg, run_dir: str, mesh, stop: signals.StopRequests, cleanup: context
   train_iter = pipeline.train_dataset(train_rows, local_batch, cfg.seed, start_step, jax.process_index(),
                                       cfg.data.prefetch, data.transform, data.spec(local_batch)
                                       ).as_numpy_iterator()
-  # Transformed once: evaluation batches are fixed (seeded by their index), whatever the step.
-  eval_list = list(pipeline.eval_batches(eval_rows, local_batch, transform=data.transform, seed=cfg.seed))
+  # Made when evaluated: the batches are fixed (seeded by their index), whatever the step.
+  eval_batches = pipeline.EvalBatches(eval_rows, local_batch, data.transform, cfg.seed)
   terms = objective.loss_terms(cfg)
-  evaluate_now = lambda params: evaluate(trn, params, eval_list, terms, cfg.train.eval_batches)
+  evaluate_now = lambda params: evaluate(trn, params, eval_batches, terms, cfg.train.eval_batches)
 
   # --- Train loop. Metrics of a log step are pulled to the host after the next step is dispatched; the
   # state's device-side flag says whether every loss and gradient norm so far was finite, read at log

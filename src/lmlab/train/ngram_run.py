@@ -5,9 +5,10 @@ import os
 import time
 
 import jax
+import numpy as np
 
 from lmlab import config as config_lib
-from lmlab.data import packing, sources
+from lmlab.data import packing, shards, sources
 from lmlab.errors import ConfigError
 from lmlab.models import ngram
 from lmlab.train import logger, workdir
@@ -27,12 +28,15 @@ def run(cfg) -> dict:
 def _fit_and_score(cfg, run_dir: str, start_time: float) -> dict:
   log = logger.MetricsLogger(run_dir, 0, 0)
   log.print(f"Work directory: {os.path.abspath(run_dir)}")
-  sp = workdir.load_tokenizer(cfg, run_dir)
-  train_docs = sources.encoded_documents(cfg.data, sp, cfg.data.train_split)
-  eval_docs = sources.encoded_documents(cfg.data, sp, cfg.data.eval_split)
-  log.print(f"Data: {sum(map(len, train_docs)):,} train / {sum(map(len, eval_docs)):,} validation tokens")
-  lm = ngram.KneserNey.fit(train_docs, sp.vocab_size(), cfg.model.ngram_order)
-  result = lm.evaluate_packed(packing.pack_documents(eval_docs, cfg.data.seq_len))
+  sp = workdir.load_tokenizer(cfg, run_dir, log.print)
+  tokenizer_path = os.path.join(run_dir, "tokenizer.model")
+  # The same token shards as the neural runs; the counts themselves are held in memory.
+  train_docs, _ = shards.split_documents(cfg, cfg.data.train_split, tokenizer_path, out=log.print)
+  eval_docs, _ = shards.split_documents(cfg, cfg.data.eval_split, tokenizer_path, out=log.print)
+  log.print(f"Data: {train_docs.num_tokens:,} train / {eval_docs.num_tokens:,} validation tokens")
+  lm = ngram.KneserNey.fit(list(train_docs), sp.vocab_size(), cfg.model.ngram_order)
+  eval_rows = packing.PackedRows(eval_docs, cfg.data.seq_len)
+  result = lm.evaluate_packed(eval_rows.get(np.arange(eval_rows.num_rows)))
   log.print(f"{cfg.model.ngram_order}-gram Kneser-Ney: validation {describe(result)}")
   summary = {"step": 0, "validation": result, "ngrams": sum(len(level.keys) for level in lm.levels),
              "wall_time_s": time.perf_counter() - start_time}

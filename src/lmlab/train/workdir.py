@@ -13,7 +13,7 @@ import jax
 import ml_collections
 from jax.experimental import multihost_utils
 
-from lmlab.data import sources, tokenizer
+from lmlab.data import cache, tokenizer
 from lmlab.errors import ConfigError, UserError
 from lmlab.train import provenance
 
@@ -110,11 +110,13 @@ def write_json(workdir: str, name: str, value) -> None:
   os.replace(path + ".tmp", path)
 
 
-def load_tokenizer(cfg, workdir: str):
-  """The work directory's tokenizer; process 0 trains it on the training split if it is missing."""
+def load_tokenizer(cfg, workdir: str, out=print):
+  """The work directory's tokenizer; if it is missing, process 0 copies the corpus tokenizer from the data
+  cache (training it there first if no run has: data/cache.py)."""
   path = os.path.join(workdir, "tokenizer.model")
   if jax.process_index() == 0 and not os.path.exists(path):
-    tokenizer.train(path, sources.load_documents(cfg.data, cfg.data.train_split), cfg.tokenizer)
+    with open(cache.corpus_tokenizer(cfg, out), "rb") as f:
+      tokenizer.save_model(path, f.read())
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("tokenizer")
   return tokenizer.load(path, cfg.tokenizer)

@@ -8,6 +8,10 @@ r"""lmlab's command line.
       (runs get_sweep()'s points as parallel workers, skipping finished ones; --executor debug: in this
       process; --status runs/pos: the table of points; then python -m lmlab.report runs/pos)
   python launch.py --config experiments/finetune.py:task=topic --config.init_from=runs/gpt_small   fine-tune
+  python launch.py prepare --config experiments/gpt.py --workers 2                        prepare the data
+      (the corpus tokenizer and the token shards of both splits into the data cache, which every later run
+      with that corpus and tokenizer reads; runs prepare what is missing themselves; --executor slurm: one
+      array task per shard)
   python launch.py predict --workdir runs/finetune_topic_gpt_small --text "Shares rose..." [--input file]
       (a fine-tuned run's label with class probabilities, or its generated output; --input: one text per line)
 
@@ -46,7 +50,8 @@ flags.DEFINE_integer("num_processes", 1, "Multi-host: number of processes.")
 flags.DEFINE_integer("process_id", 0, "Multi-host: index of this process.")
 flags.DEFINE_enum("executor", "local", ["local", "debug", "slurm"],
                   "sweep: local (parallel worker processes through submitit), debug (in this process) or slurm "
-                  "(one Slurm job array).")
+                  "(one Slurm job array); prepare: local (--workers processes) or slurm (an array task per shard).")
+flags.DEFINE_integer("workers", os.cpu_count() or 1, "prepare: local processes tokenizing shards at once.")
 flags.DEFINE_string("partition", None, "sweep --executor slurm: the partition (default: the cluster's).")
 flags.DEFINE_integer("nodes", 1, "sweep --executor slurm: nodes per point (a multi-host run over them).")
 flags.DEFINE_integer("tasks_per_node", 1, "sweep: processes per point (slurm: per node, one per GPU; local: a "
@@ -66,7 +71,7 @@ flags.DEFINE_bool("search", False, "sweep: an Optuna search over get_search_spac
 flags.DEFINE_string("status", None, "sweep: print the table of points and states of this sweep directory.")
 flags.DEFINE_bool("verbose", False, "Show the Python traceback of input errors too (also LMLAB_VERBOSE=1).")
 FLAGS = flags.FLAGS
-COMMANDS = ("train", "sample", "predict", "sweep")
+COMMANDS = ("train", "sample", "predict", "sweep", "prepare")
 
 
 def _init_distributed():
@@ -160,6 +165,44 @@ def sweep(cfg):
                             + f" (python launch.py sweep --status {sweep_dir}; --retry_failed reruns failed ones).")
 
 
+def prepare(cfg):
+  import time
+
+  from lmlab import config as config_lib
+  from lmlab.data import cache, shards, sources
+  if "task" in cfg:
+    raise app.UsageError("prepare takes a pretraining config (fine-tuning task data is read by the run).")
+  if FLAGS.workers < 1:
+    raise app.UsageError(f"--workers={FLAGS.workers} must be at least 1.")
+  config_lib.validate(cfg, process_count=FLAGS.num_processes)
+  slurm_options = _slurm_options()
+  sources.check(cfg.data)
+  tokenizer_path = cache.corpus_tokenizer(cfg)
+  print(f"Tokenizer: {tokenizer_path}")
+  for split in (cfg.data.train_split, cfg.data.eval_split):
+    tasks = shards.plan(cfg.data, split, tokenizer_path, FLAGS.num_processes)
+    todo = [t for t in tasks if not shards.is_prepared(t)]
+    start = time.perf_counter()
+    if slurm_options and todo:
+      from lmlab.sweeps import slurm
+      print(f"Preparing {len(todo)} of {len(tasks)} token shard(s) of split {split!r} as a Slurm job array")
+      slurm.run_array(shards.prepare_shard, todo, os.path.join(cache.cache_dir(cfg.data), "slurm"), slurm_options)
+    else:
+      shards.prepare(tasks, FLAGS.workers)
+    wall = time.perf_counter() - start
+    metas = [shards.read_meta(t) for t in tasks]
+    _, totals = shards.open_shards(tasks, verify=True)
+    text_mb = totals["text_bytes"] / 1e6
+    line = (f"split {split!r}: {len(tasks)} shard(s) in {tasks[0].directory}: {totals['num_docs']:,} documents, "
+            f"{totals['num_tokens']:,} tokens from {text_mb:,.1f} MB of text")
+    if todo:
+      done = [m for t, m in zip(tasks, metas) if t in todo]
+      mb, seconds = sum(m["text_bytes"] for m in done) / 1e6, sum(m["seconds"] for m in done)
+      line += (f"; prepared {len(done)} now in {wall:.1f} s: {mb / wall:.1f} MB/s in all, "
+               f"{mb / max(seconds, 1e-9):.1f} MB/s per worker")
+    print(line)
+
+
 def _slurm_options():
   from lmlab.sweeps import slurm
   if FLAGS.executor != "slurm":
@@ -235,6 +278,8 @@ def main(argv):
       sample()
     elif command == "predict":
       predict()
+    elif command == "prepare":
+      prepare(copy.deepcopy(FLAGS.config).unlock())
     else:
       (sweep if command == "sweep" else train)(copy.deepcopy(FLAGS.config).unlock())
   except (errors.UserError, app.UsageError, errors.RunStopped) as e:

@@ -1,7 +1,9 @@
-"""Against a real one-node Slurm cluster (.ci/slurm.sh start; .ci/run starts it): a grid as a job array and
-a point requeued mid-training (the 2-task srun run is in test_launch.py's two-process test). Without a
+"""Against a real one-node Slurm cluster (.ci/slurm.sh start; .ci/run starts it): a grid as a job array, a
+point requeued mid-training, a data preparation as one array task per shard (the 2-task srun run is in
+test_launch.py's two-process test). Without a
 cluster these tests skip, except in CI (CI=true), where a missing cluster is a failure."""
 
+import glob
 import json
 import os
 import subprocess
@@ -82,3 +84,17 @@ def test_a_requeued_point_ends_with_the_losses_of_an_uninterrupted_run(cluster, 
   with open(os.path.join(point, "provenance.json")) as f:
     assert len(json.load(f)["runs"]) == 2  # started twice
   assert losses(point) == losses(reference)  # bitwise, across the requeue
+
+
+def test_prepare_runs_one_array_task_per_shard(cluster, tmp_path, bbc_data_dir):
+  cache_dir = tmp_path / "cache"
+  args = ["prepare", f"--config={ROOT}/experiments/gpt.py:size=tiny", "--config.data.num_shards=3",
+          f"--config.data.cache_dir={cache_dir}", "--executor=slurm", "--cpus_per_task=1"]
+  out = launch(args, bbc_data_dir).stdout
+  assert out.count("as a Slurm job array") == 2, out  # train and validation
+  metas = [json.load(open(path)) for path in glob.glob(str(cache_dir / "tokens" / "*" / "*" / "*-of-00003.json"))]
+  assert len(metas) == 6 and len({m["prepared_by"] for m in metas}) == 6  # each shard by its own task
+  assert "split 'train': 3 shard(s)" in out and "split 'validation': 3 shard(s)" in out
+  assert os.listdir(cache_dir / "slurm")  # the array's logs and code snapshot
+  again = launch(args, bbc_data_dir).stdout
+  assert "Slurm" not in again and "Preparing" not in again

@@ -22,10 +22,12 @@ import json
 import math
 import multiprocessing
 import os
+import socket
 import tempfile
 import time
 
 import ml_collections
+from absl import logging
 import numpy as np
 import sentencepiece as spm
 
@@ -86,11 +88,12 @@ def is_prepared(task: ShardTask) -> bool:
 
 
 def prepare_shard(task: ShardTask) -> dict:
-  """Tokenizes one shard into its files (see the module docstring) and returns its metadata; a shard
-  another process prepared meanwhile is read, not redone."""
+  """Tokenizes one shard into its files (see the module docstring) and returns its metadata with
+  now=True; a shard another process prepared meanwhile is read, not redone (now=False)."""
+  _quiet()
   with cache.file_lock(task.stem + ".lock"):
     if is_prepared(task):
-      return read_meta(task)
+      return dict(read_meta(task), now=False)
     for stale in glob.glob(os.path.join(task.directory, f".{task.index:05d}-*.tmp")):
       os.unlink(stale)  # left by a killed preparation of this shard (we hold its lock)
     start_time = time.perf_counter()
@@ -114,11 +117,13 @@ def prepare_shard(task: ShardTask) -> dict:
     meta = {"num_tokens": int(starts[-1]), "num_docs": len(lengths), "dtype": np.dtype(dtype).name,
             "tokens_sha256": token_hash.hexdigest(), "starts_sha256": hashlib.sha256(starts.tobytes()).hexdigest(),
             "unknown_tokens": unknown, "text_bytes": text_bytes,
-            "seconds": round(time.perf_counter() - start_time, 3)}
-    os.replace(tokens_tmp, task.stem + ".tokens")
-    os.replace(starts_tmp, task.stem + ".starts")
+            "seconds": round(time.perf_counter() - start_time, 3),
+            "prepared_by": f"pid {os.getpid()} on {socket.gethostname()}"}
+    for tmp, ext in ((tokens_tmp, ".tokens"), (starts_tmp, ".starts")):
+      os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide a shared cache from other users
+      os.replace(tmp, task.stem + ext)
     _write_json(task.stem + ".json", meta)
-    return meta
+    return dict(meta, now=True)
 
 
 def prepare(tasks: list[ShardTask], workers: int = 1, out=print) -> list[dict]:
@@ -143,9 +148,18 @@ def prepare(tasks: list[ShardTask], workers: int = 1, out=print) -> list[dict]:
 
 
 def _report(meta: dict, task: ShardTask, out) -> None:
+  if not meta["now"]:
+    out(f"  shard {task.index + 1}/{task.num_shards}: prepared meanwhile by {meta['prepared_by']}")
+    return
   rate = meta["text_bytes"] / 1e6 / max(meta["seconds"], 1e-9)
   out(f"  shard {task.index + 1}/{task.num_shards}: {meta['num_docs']:,} documents, {meta['num_tokens']:,} tokens "
       f"from {meta['text_bytes'] / 1e6:.1f} MB of text in {meta['seconds']:.1f} s ({rate:.1f} MB/s)")
+
+
+def _quiet() -> None:
+  """A worker process logs what launch.py would let through (TFDS warns about its own internals)."""
+  if os.environ.get("LMLAB_VERBOSE", "") in ("", "0"):
+    logging.set_verbosity(logging.FATAL)
 
 
 def read_meta(task: ShardTask) -> dict:

@@ -12,6 +12,8 @@ import subprocess
 
 import submitit
 
+from lmlab.errors import UserError
+
 
 @dataclasses.dataclass
 class Options:
@@ -83,3 +85,19 @@ def active_jobs() -> set[str]:
   completing."""
   out = subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True, timeout=60)
   return {line.strip() for line in out.stdout.splitlines() if line.strip()} if out.returncode == 0 else set()
+
+
+def run_array(fn, items: list, folder: str, options: Options) -> list:
+  """fn(item) for each item as one job array (from a code snapshot, see submit), waiting for all of them;
+  a failed task raises one UserError with its error's last line and its log's path."""
+  stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+  folder = os.path.join(folder, stamp)
+  jobs, _ = submit(executor(os.path.join(folder, "%j"), options), fn, [items], folder)
+  results = []
+  for job in jobs:
+    try:
+      results.append(job.result())
+    except Exception as e:  # submitit's FailedJobError / UncompletedJobError carry the worker's traceback
+      lines = [line for line in str(e).splitlines() if line.strip()]
+      raise UserError(f"Slurm task {job.job_id} failed: {lines[-1] if lines else e} (log: {job.paths.stderr})")
+  return results

@@ -57,6 +57,7 @@ def test_sample_command_is_reproducible(tiny_run, bbc_data_dir, compilation_cach
     (["sample"], "is not an lmlab work directory"),
     (["--config.model.dmodel=3"], 'no config field \'dmodel\' Did you mean "d_model"'),
     (["--config.data.source=text_files", "--config.data.text_glob=/nowhere/*.txt"], "matches no files"),
+    (["prepare", "--workers=0"], "--workers=0 must be at least 1"),
 ])
 def test_bad_input_is_one_error_line_before_compute(args, message, tmp_path, bbc_data_dir):
   workdir = tmp_path / "never"

@@ -1,10 +1,12 @@
 """`launch.py prepare` in subprocesses (the e2e tier): the README's command with local workers, a
 preparation killed with SIGKILL and resumed at its unfinished shards, then a run that reads the shards
-without preparing anything."""
+without preparing anything; the data benchmark's code path."""
 
 import glob
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -52,3 +54,24 @@ def test_a_killed_preparation_resumes_and_the_run_reads_its_shards(tmp_path, bbc
   with open(os.path.join(workdir, "tokenizer.model"), "rb") as a, \
        open(glob.glob(str(tmp_path / "cache" / "tokenizers" / "*.model"))[0], "rb") as b:
     assert a.read() == b.read()  # the cached corpus tokenizer, copied into the work directory
+
+  shard = finished_shards(tmp_path)[3].replace(".json", ".tokens")
+  with open(shard, "r+b") as f:
+    f.seek(100)
+    f.write(b"\xff\xff")
+  proc = launch([*args, f"--workdir={tmp_path / 'second'}"], bbc_data_dir, check=False)
+  errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+  assert proc.returncode == 1 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+  assert f"token shard {shard} does not match its checksum" in errors[0] and "delete" in errors[0]
+
+
+def test_the_data_benchmark_runs(tmp_path, bbc_data_dir):
+  """python -m lmlab.bench_data on a 1 MB corpus and the tiny GPT: the code path, not its speed."""
+  proc = subprocess.run([sys.executable, "-m", "lmlab.bench_data", "--corpus_mb=1", "--workers=1",
+                         f"--dir={tmp_path}", f"--config={ROOT}/experiments/gpt.py:size=tiny", "--steps=2"],
+                        cwd=ROOT, capture_output=True, text=True, timeout=600,
+                        env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1"))
+  assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+  row = dict(item.rsplit(" ", 1) for item in proc.stdout.splitlines()[0].split(" | "))
+  assert float(row["1 worker(s) MB/s"]) > 0 and float(row["first step s"]) > 0 and int(row["train peak RSS MB"]) > 0
+  assert len(glob.glob(str(tmp_path / "corpus-1mb" / "*.txt"))) == 1

@@ -323,8 +323,8 @@ def validate(cfg: ConfigDict, num_devices: int | None = None, process_count: int
            "model.num_heads", "model.mlp_dim", "optim.lr", "optim.grad_accum_steps", "train.num_steps",
            "train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "sample.max_new_tokens",
            "data.prepare_workers")
-  positive("tokenizer.num_sentinels", "tokenizer.max_sentences", "data.num_shards", "train.lock_wait_s", "optim.warmup_steps", "optim.weight_decay",
-           "optim.grad_clip", "train.eval_every",
+  positive("tokenizer.num_sentinels", "tokenizer.max_sentences", "data.num_shards", "train.lock_wait_s",
+           "optim.warmup_steps", "optim.weight_decay", "optim.grad_clip", "train.eval_every",
            "train.eval_batches", "sample.temperature", "sample.top_k", "sample.beam_size", "data.prefetch",
            allow_zero=True)
   m, d, o = cfg.model, cfg.data, cfg.optim

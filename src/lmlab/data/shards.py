@@ -237,4 +237,9 @@ def split_documents(cfg, split: str, tokenizer_path: str, process_index: int = 0
   (config.data.prepare_workers local processes), then mapped and checked."""
   tasks = process_block(plan(cfg.data, split, tokenizer_path, process_count), process_index, process_count)
   prepare(tasks, cfg.data.prepare_workers, out)
-  return open_shards(tasks, cfg.data.verify_shards)
+  docs, totals = open_shards(tasks, cfg.data.verify_shards)
+  if not docs.num_tokens:
+    raise DataError(f"Split {split!r} has no documents for process {process_index} of {process_count} (shards "
+                    f"{tasks[0].index + 1}-{tasks[-1].index + 1} of {tasks[0].num_shards} in {tasks[0].directory}); "
+                    "use more data, a larger split or fewer config.data.num_shards.")
+  return docs, totals

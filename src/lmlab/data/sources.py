@@ -23,22 +23,18 @@ from lmlab.errors import DataError
 _GLOB_CHARS = re.compile(r"[*?\[]")
 
 
-def load_documents(data_cfg, split: str, process_index: int = 0, process_count: int = 1) -> list[str]:
-  """The documents of `split` that belong to process `process_index` of `process_count`."""
-  if not 0 <= process_index < process_count:
-    raise DataError(f"process_index {process_index} is not in [0, {process_count}).")
-  if data_cfg.source == "tfds":
-    docs = _tfds_documents(data_cfg, split, process_index, process_count)
-    where = f"TFDS dataset {data_cfg.tfds_name!r}"
-  elif data_cfg.source == "text_files":
-    docs = _text_file_documents(data_cfg, split, process_index, process_count)
-    where = f"config.data.text_glob = {data_cfg.text_glob!r}"
-  else:
-    raise DataError(f"config.data.source = {data_cfg.source!r} is not one of 'tfds', 'text_files'.")
+def load_documents(data_cfg, split: str) -> list[str]:
+  """Every document of `split`, in order (iter_documents over one shard)."""
+  docs = list(iter_documents(data_cfg, split))
   if not docs:
-    raise DataError(f"Split {split!r} of {where} has no documents for process {process_index} of "
-                    f"{process_count}; use more data or a larger split.")
+    raise DataError(f"Split {split!r} of {_where(data_cfg)} has no documents; use more data or a larger split.")
   return docs
+
+
+def _where(data_cfg) -> str:
+  if data_cfg.source == "tfds":
+    return f"TFDS dataset {data_cfg.tfds_name!r}"
+  return f"config.data.text_glob = {data_cfg.text_glob!r}"
 
 
 def iter_documents(data_cfg, split: str, shard: int = 0, num_shards: int = 1) -> Iterator[str]:
@@ -129,14 +125,6 @@ def _check_split(builder, data_cfg, split: str) -> None:
                       f"no split {base!r}; its splits are {', '.join(sorted(known))}.")
 
 
-def _tfds_documents(data_cfg, split, process_index, process_count) -> list[str]:
-  builder = tfds_builder(data_cfg)
-  _check_split(builder, data_cfg, split)
-  _check_text_key(builder, data_cfg)
-  key = data_cfg.text_key
-  return list(_tfds_stream(builder, key, tfds.even_splits(split, n=process_count)[process_index]))
-
-
 def _tfds_stream(builder, key: str, split) -> Iterator[str]:
   # Decode only the text feature: skips e.g. images or audio that other features may hold.
   ds = builder.as_dataset(split=split, shuffle_files=False, decoders=tfds.decode.PartialDecoding({key: True}))
@@ -213,9 +201,3 @@ def _file_groups(paths: list[str], num_groups: int) -> np.ndarray:
   size_P = np.array([os.path.getsize(p) for p in paths], np.float64)
   before_P = np.cumsum(size_P) - size_P  # bytes before each file
   return np.minimum((before_P * num_groups / max(size_P.sum(), 1.0)).astype(np.int64), num_groups - 1)
-
-
-def _text_file_documents(data_cfg, split, process_index, process_count) -> list[str]:
-  _check_text_split(data_cfg, split)
-  docs = [doc for path in text_file_paths(data_cfg) for doc in _file_documents(data_cfg, path, split)]
-  return docs[process_index::process_count]

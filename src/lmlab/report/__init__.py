@@ -4,7 +4,7 @@ against each swept axis and power-law fits.
 
   python -m lmlab.report SWEEP_DIR [--metric M ...] [--where KEY=VALUE ...] [--no-plots]
 
-A run is any directory under SWEEP_DIR holding a config.json (submitit/ and shared/ are skipped); it is
+A run is any directory under SWEEP_DIR holding a config.json (submitit/ and code/ are skipped); it is
 finished when it has its metrics.json. Writes into SWEEP_DIR: runs.csv (one row per run), report.md and
 report.csv (one row per configuration) and the PNG plots.
 """
@@ -23,7 +23,7 @@ from lmlab.report import plots as plots_lib
 from lmlab.report import scaling, stats
 from lmlab.report import table as table_lib
 
-SKIP_DIRS = ("submitit", "shared")
+SKIP_DIRS = ("submitit", "code")
 SPLITS = ("validation", "test")
 COUNTS = ("count", "tokens")  # how many examples or tokens were scored: sizes, not results
 VERSIONS = {"jax": "jax", "jaxlib": "jaxlib", "flax": "flax", "optax": "optax", "orbax-checkpoint": "orbax",

@@ -20,9 +20,10 @@ from lmlab.train import provenance
 LOCK_FILE = ".lock"
 
 # Sections that must not change when a pretraining work directory is resumed: they define the
-# checkpoint's meaning.
-FROZEN_ON_RESUME = ("model", "objective", "tokenizer", "data.seq_len", "data.source", "data.tfds_name",
-                    "data.text_glob", "data.text_unit", "seed")
+# checkpoint's meaning (the tokenizer's sample settings do not: its file is in the work directory).
+FROZEN_ON_RESUME = ("model", "objective", "tokenizer.vocab_size", "tokenizer.model_type",
+                    "tokenizer.character_coverage", "tokenizer.num_sentinels", "data.seq_len", "data.source",
+                    "data.tfds_name", "data.text_glob", "data.text_unit", "seed")
 
 
 def _lookup(cfg, dotted):

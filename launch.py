@@ -3,7 +3,8 @@ r"""lmlab's command line.
   python launch.py [--config experiments/gpt.py:size=small] [--config.optim.lr=1e-3 ...]   train (resumes)
   python launch.py sample --workdir runs/gpt_small --prompt "The government said"        sample
       (continues the prompt; fills its [MASK]s for masked-LM runs; decodes the targets of a corrupted
-      prompt such as "Shares <extra_id_0> sharply" for encoder-decoder runs, --beam_size for beam search)
+      prompt such as "Shares <extra_id_0> sharply" for encoder-decoder runs; --beam_size for beam search,
+      with config.sample.length_penalty; a prefix-LM run reads the prompt as its bidirectional prefix)
   python launch.py sweep --config experiments/gpt.py:size=tiny --workdir runs/pos --max_parallel 2
       (runs get_sweep()'s points as parallel workers, skipping finished ones; --executor debug: in this
       process; --status runs/pos: the table of points; then python -m lmlab.report runs/pos)
@@ -41,7 +42,7 @@ flags.DEFINE_integer("max_new_tokens", None, "sample: new tokens per prompt.")
 flags.DEFINE_float("temperature", None, "sample: softmax temperature (0: greedy).")
 flags.DEFINE_integer("top_k", None, "sample: keep the k most likely tokens (0: off).")
 flags.DEFINE_float("top_p", None, "sample: nucleus probability mass (1: off).")
-flags.DEFINE_integer("beam_size", None, "sample: beams for encoder-decoder beam search (0: sample).")
+flags.DEFINE_integer("beam_size", None, "sample: beams for beam search (0: sample).")
 flags.DEFINE_integer("seed", 0, "sample: random seed.")
 flags.DEFINE_multi_string("text", None, "predict: text(s) to classify or generate from.")
 flags.DEFINE_string("input", None, "predict: a UTF-8 file with one text per line.")

@@ -10,7 +10,8 @@ Variants (comma separated after the colon):
   size=tiny|small|base        as in experiments/gpt.py; the encoder reads data.seq_len tokens and the
                               decoder the targets length T5's arithmetic gives (29 for 128)
   noise=0.15                  noise density; span=3.0: mean noise span length
-  positions=learned|sinusoidal|rotary
+  positions=relative|learned|sinusoidal|rotary   relative (default): T5's bucketed relative position bias
+                              (32 buckets, max distance 128, one table per stack, none in cross-attention)
 Validation metrics: loss, perplexity and accuracy over the target tokens (sentinels, span tokens, EOS).
 After training the sample prompts' sentinel spans are decoded; beam search from the command line:
   python launch.py sample --workdir runs/t5_small --prompt "Shares in the <extra_id_0> sharply." --beam_size 4
@@ -23,7 +24,7 @@ from lmlab.sweeps import grid
 
 
 def get_config(arg=None):
-  opts = config_lib.parse_arg(arg, size="small", noise=0.15, span=3.0, positions="learned")
+  opts = config_lib.parse_arg(arg, size="small", noise=0.15, span=3.0, positions="relative")
   c = config_lib.sized_config("t5", opts.size)
   c.model.family = "encoder_decoder"
   c.objective.name = "span_corruption"

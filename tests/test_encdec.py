@@ -66,10 +66,11 @@ def test_encoder_padding_is_ignored():
   np.testing.assert_allclose(a, b, atol=1e-6)
 
 
-@pytest.mark.parametrize("scan", [False, True])
-def test_kv_cache_decoding_matches_full_forward(scan):
-  model = make(scan_layers=scan, positions="rotary")
-  params = init(make(positions="rotary"))
+@pytest.mark.parametrize("scan,positions", [(False, "rotary"), (True, "rotary"), (False, "relative"),
+                                            (True, "relative")])
+def test_kv_cache_decoding_matches_full_forward(scan, positions):
+  model = make(scan_layers=scan, positions=positions)
+  params = init(make(positions=positions))
   if scan:  # the scanned twin's tree: each stack's blocks stacked on a leading layer axis
     params = dict(params)
     for stack in ("encoder", "decoder"):
@@ -117,3 +118,17 @@ def test_greedy_sampling_and_beam_search():
   enc = jnp.asarray([inputs[0]], jnp.int32)
   np.testing.assert_allclose(scores[0], sequence_logprob(model, params, enc, beams[0]), rtol=1e-4)
   assert scores[0] >= sequence_logprob(model, params, enc, greedy[0]) - 1e-4
+
+
+def test_relative_bias_is_one_table_per_stack_and_sees_packed_segments():
+  model = make(positions="relative")
+  params = init(model)
+  assert params["encoder"]["relative_bias"].shape == params["decoder"]["relative_bias"].shape == (32, 2)
+  assert not any("relative_bias" in str(k) for k in jax.tree_util.tree_flatten_with_path(params["encoder"]["block_0"])[0])
+  # Two examples packed in a row give each its own outputs: positions (hence buckets) restart per segment.
+  enc, dec = ids(8, (1, 4)), ids(9, (1, 3))
+  alone = forward(model, enc, dec)
+  packed = forward(model, jnp.concatenate([enc, enc], 1), jnp.concatenate([dec, dec], 1),
+                   jnp.asarray([[1] * 4 + [2] * 4]), jnp.asarray([[1] * 3 + [2] * 3]))
+  np.testing.assert_allclose(packed[:, 3:], alone, atol=1e-5)
+  np.testing.assert_allclose(packed[:, :3], alone, atol=1e-5)

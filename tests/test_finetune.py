@@ -7,6 +7,7 @@ import types
 
 import flax
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -178,6 +179,40 @@ def test_generation_inputs_train_on_the_target_and_eos_only():
   assert encdec["decoder_inputs"][0].tolist() == [tokenizer.BOS_ID, 12, 11, 0]
   classify = inputs.classification_arrays(sp, ["a bb"], "encoder", seq_len=4, labels=[2])
   assert classify["tokens"][0].tolist() == [tokenizer.CLS_ID, 11, 12, tokenizer.SEP_ID]
+
+
+
+def test_a_prefix_lm_reads_task_inputs_as_its_prefix():
+  """A decoder pretrained as a prefix LM fine-tunes with the input as its bidirectional prefix: the whole
+  text to classify, or the generation prompt [BOS] source [SEP] (the target stays causal)."""
+  sp = WordTokenizer()
+  generation = inputs.generation_arrays(sp, ["a bb ccc"], ["ee f"], "decoder", seq_len=12, max_target_len=3,
+                                        prefix=True)
+  assert generation["prefix"][0].tolist() == [1] * 5 + [0] * 7  # BOS a bb ccc SEP
+  assert "prefix" not in inputs.generation_arrays(sp, ["a"], ["b"], "decoder", seq_len=12, max_target_len=3)
+  classify = inputs.classification_arrays(sp, ["a bb", "c"], "decoder", seq_len=6, prefix=True)
+  np.testing.assert_array_equal(classify["prefix"], classify["segment_ids"])
+  cfg = task_config.default_config()
+  cfg.objective.name = "prefix_lm"
+  assert task_config.prefix_input(cfg)
+  cfg.objective.name = "causal_lm"
+  assert not task_config.prefix_input(cfg)
+  # The classifier passes the prefix to its body: the first token's features see the last token.
+  model = models.build(cfg_for_prefix_classifier(), 64, num_classes=3, pooling="first")
+  tokens = jnp.asarray([[2, 20, 21, 22, 3, 0]], jnp.int32)
+  seg = (tokens > 0).astype(jnp.int32)
+  params = model.init(jax.random.PRNGKey(0), tokens, seg)
+  changed = tokens.at[0, 3].set(30)
+  run = lambda x, **kw: model.apply(params, x, seg, **kw)
+  assert np.allclose(run(tokens), run(changed))  # causal: the first token never sees token 3
+  assert not np.allclose(run(tokens, prefix_BL=seg), run(changed, prefix_BL=seg))
+
+
+def cfg_for_prefix_classifier():
+  cfg = task_config.default_config()
+  cfg.model.num_layers, cfg.model.d_model, cfg.model.num_heads, cfg.model.mlp_dim = 1, 16, 2, 32
+  cfg.objective.name, cfg.data.seq_len = "prefix_lm", 6
+  return cfg
 
 
 def test_train_order_sees_every_example_once_per_epoch():

@@ -141,7 +141,7 @@ def test_cache_from_init(scan):
   prefix = (2,) if scan else ()
   for path, leaf in jax.tree_util.tree_leaves_with_path(cache):
     name = jax.tree_util.keystr(path)
-    assert leaf.shape == (() if "index" in name else prefix + (3, 16, 2, 8)), name
+    assert leaf.shape == (() if "index" in name else (3,) if "offset" in name else prefix + (3, 16, 2, 8)), name
   assert jax.tree_util.tree_structure(cache) == jax.tree_util.tree_structure(init_cache(model, 3, 16))
 
 
@@ -336,3 +336,103 @@ def test_bert_heads():
   assert logits.shape == (B, L, V) and nsp.shape == (B, 2) and nsp.dtype == jnp.float32
   other_logits, _ = apply(variables, x, jnp.zeros_like(types))
   assert not np.allclose(logits, other_logits)  # token types are used
+
+
+# T5's relative position bias, prompts as a prefix, beam search, attention dropout.
+
+
+def test_relative_position_buckets_follow_t5():
+  from lmlab.models.transformer import relative_position_bucket as bucket
+  rel = jnp.array([0, -1, 1, -7, -8, -20, 20, -200, 200])  # key position - query position
+  # Bidirectional, 32 buckets: 16 per direction, 8 exact; n = 20 -> 8 + int(log(20/8) / log(128/8) * 8) = 10.
+  assert bucket(rel, True).tolist() == [0, 1, 17, 7, 8, 10, 26, 15, 31]
+  # Causal: later keys (rel > 0) all in bucket 0; 16 exact; n = 20 -> 16 + int(log(20/16) / log(8) * 16) = 17.
+  assert bucket(rel, False).tolist() == [0, 1, 0, 7, 8, 17, 0, 31, 0]
+  assert bucket(jnp.array([-130, -127]), False, 32, 128).tolist() == [31, 31]
+  assert bucket(jnp.array([-3, 3]), True, num_buckets=8, max_distance=16).tolist() == [2, 6]
+
+
+def decode_left_padded(model, params, prompts, fed, prefix):
+  """Logits of the prompts (left-padded, one forward through the cache) and then of `fed` tokens one at
+  a time: [B, P + len(fed[0]), V]."""
+  P = max(map(len, prompts))
+  buf = np.zeros((len(prompts), P), np.int32)
+  for row, p in zip(buf, prompts):
+    row[P - len(p):] = p
+  seg = jnp.asarray(buf != 0, jnp.int32)
+  cache = init_cache(model, len(prompts), P + len(fed[0]))
+  logits, mutated = jitted(model.apply, decode=True, mutable="cache")(
+      {"params": params, "cache": cache}, jnp.asarray(buf), seg, prefix_BL=seg if prefix else None)
+  outs = [logits]
+  for t in range(len(fed[0])):
+    cache = mutated["cache"]
+    logits, mutated = jitted(model.apply, decode=True, mutable="cache")(
+        {"params": params, "cache": cache}, jnp.asarray([[f[t]] for f in fed], jnp.int32))
+    outs.append(logits)
+  return jnp.concatenate(outs, axis=1)
+
+
+@pytest.mark.parametrize("positions", ["learned", "rotary", "relative"])
+@pytest.mark.parametrize("prefix", [False, True])
+def test_left_padded_prompts_in_the_cache_match_the_full_forward(positions, prefix):
+  """Prompts of different lengths in one forward pass (left padding masked, positions from each row's
+  first token; a prefix LM's prompt bidirectional), then cached steps: each row's logits equal a full
+  forward over its own prompt + tokens, with the prompt as the prefix."""
+  model = make(positions=positions)
+  params = init(model)
+  prompts, fed = [[5, 7, 9, 4], [3, 8]], [[11, 12, 13], [14, 15, 16]]
+  got = decode_left_padded(model, params, prompts, fed, prefix)
+  P = 4
+  for b, (prompt, more) in enumerate(zip(prompts, fed)):
+    seq = np.zeros((1, 16), np.int32)
+    seq[0, :len(prompt) + 3] = prompt + more
+    prefix_BL = jnp.asarray(np.arange(16)[None] < len(prompt), jnp.int32) if prefix else None
+    full = jitted(model.apply)({"params": params}, jnp.asarray(seq), prefix_BL=prefix_BL)[0, :len(prompt) + 3]
+    np.testing.assert_allclose(got[b, P - len(prompt):], full, atol=1e-5)
+  if prefix:  # the prompt really is read both ways: its first token's output sees the last one
+    causal = decode_left_padded(model, params, prompts, fed, False)
+    assert not np.allclose(got[0, 0], causal[0, 0], atol=1e-5)
+
+
+def test_prefix_sampling_reads_the_prompt_as_the_prefix():
+  model = make(positions="relative")
+  params = init(model)
+  prompts = [[5, 7, 9], [3], [11, 2, 4, 6, 8]]
+  got = sample(model, params, prompts, max_new_tokens=5, rng=jax.random.key(0), temperature=0.0, prefix=True)
+  for prompt, generated in zip(prompts, got):
+    seq = np.zeros((1, 16), np.int32)
+    seq[0, :len(prompt) + 5] = prompt + generated
+    prefix_BL = jnp.asarray(np.arange(16)[None] < len(prompt), jnp.int32)
+    logits = jitted(model.apply)({"params": params}, jnp.asarray(seq), prefix_BL=prefix_BL)[0]
+    assert generated == [int(jnp.argmax(logits[t])) for t in range(len(prompt) - 1, len(prompt) + 4)]
+
+
+def test_decoder_beam_search():
+  from lmlab.decode.sampling import beam_search
+  model = make(positions="relative")
+  params = init(model)
+  prompts = [[5, 7, 9], [3, 6]]
+  greedy = sample(model, params, prompts, max_new_tokens=5, rng=jax.random.key(0), temperature=0.0, eos_id=3)
+  one, _ = beam_search(model, params, prompts, max_new_tokens=5, eos_id=3, beam_size=1)
+  assert one == greedy  # one beam is greedy decoding
+  wide, scores = beam_search(model, params, prompts, max_new_tokens=5, eos_id=3, beam_size=6)
+  for prompt, out, score, g in zip(prompts, wide, scores, greedy):
+    seq = jnp.asarray([prompt + out], jnp.int32)
+    logp = jax.nn.log_softmax(forward(model, params, seq)[0])
+    total = sum(float(logp[len(prompt) - 1 + i, tok]) for i, tok in enumerate(out))
+    np.testing.assert_allclose(score, total, rtol=1e-4)  # alpha 0: the sequence's log-probability
+    greedy_seq = jnp.asarray([prompt + g], jnp.int32)
+    greedy_logp = jax.nn.log_softmax(forward(model, params, greedy_seq)[0])
+    assert score >= sum(float(greedy_logp[len(prompt) - 1 + i, t]) for i, t in enumerate(g)) - 1e-4
+
+
+def test_attention_dropout_is_seeded_and_off_at_evaluation():
+  model = make(attention_dropout_rate=0.5)
+  params, x = init(make()), tokens()
+  train = lambda seed: model.apply({"params": params}, x, deterministic=False,
+                                   rngs={"dropout": jax.random.key(seed)})
+  np.testing.assert_allclose(train(1), train(1))
+  assert not np.allclose(train(1), train(2))
+  np.testing.assert_allclose(model.apply({"params": params}, x), forward(make(), params, x), atol=1e-6)
+  # Only the probabilities are dropped: with every other dropout off, the embeddings are untouched.
+  assert not np.allclose(train(1), forward(make(), params, x), atol=1e-3)

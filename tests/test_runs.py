@@ -151,6 +151,10 @@ def test_sampling_is_reproducible(gpt_run):
   assert sample_workdir(workdir, prompts, seed=3, overrides={"max_new_tokens": 6}) == first
   greedy = sample_workdir(workdir, prompts, overrides={"temperature": 0.0, "max_new_tokens": 6})
   assert greedy == sample_workdir(workdir, prompts, seed=9, overrides={"temperature": 0.0, "max_new_tokens": 6})
+  # Beam search (the README's `sample --beam_size 4`): deterministic; one beam is greedy decoding.
+  assert sample_workdir(workdir, prompts, overrides={"beam_size": 1, "max_new_tokens": 6}) == greedy
+  beams = sample_workdir(workdir, prompts, overrides={"beam_size": 4, "max_new_tokens": 6})
+  assert beams == sample_workdir(workdir, prompts, seed=5, overrides={"beam_size": 4, "max_new_tokens": 6})
 
 
 @pytest.mark.parametrize("experiment, expect, prompt", [
@@ -159,6 +163,8 @@ def test_sampling_is_reproducible(gpt_run):
      "The [MASK] said"),
     ("lstm.py:size=tiny,cell=gru", ["objective causal_lm", "step     20/20", "sample: The government said -> "],
      "The government said"),
+    ("gpt.py:size=tiny,objective=prefix_lm", ["objective prefix_lm", "sample: The government said -> "],
+     "Shares in the company"),
     ("t5.py:size=tiny", ["objective span_corruption", "sample: Shares in the <extra_id_0> sharply on "],
      "The <extra_id_0> said"),
     ("ngram.py:size=tiny,order=3", ["3-gram Kneser-Ney: validation loss"], None),

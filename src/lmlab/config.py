@@ -23,7 +23,7 @@ CHOICES = {
     "data.source": ("tfds", "text_files"),
     "data.text_unit": ("file", "paragraph", "line"),
     "tokenizer.model_type": ("unigram", "bpe", "char"),
-    "model.positions": ("learned", "sinusoidal", "rotary"),
+    "model.positions": ("learned", "sinusoidal", "rotary", "relative"),
     "model.norm": ("layernorm", "rmsnorm"),
     "model.mlp_activation": ("gelu", "swiglu"),
     "model.dtype": ("float32", "bfloat16"),
@@ -113,10 +113,15 @@ def default_config() -> ConfigDict:
   m.num_heads = 4
   # Hidden width of the MLP.
   m.mlp_dim = 1024
-  # Position encoding: learned, sinusoidal or rotary.
+  # Position encoding: learned, sinusoidal, rotary, or relative (T5's bucketed relative position bias:
+  # one learned scalar per head and bucket, shared by a stack's layers, added to the attention logits).
   m.positions = "learned"
   # Base of the rotary frequencies.
   m.rope_base = 10000.0
+  # relative: number of buckets (half per direction in bidirectional stacks) and the distance beyond
+  # which relative positions share the last bucket (T5: 32, 128).
+  m.relative_buckets = 32
+  m.relative_max_distance = 128
   # Normalization: layernorm or rmsnorm (pre-norm blocks).
   m.norm = "layernorm"
   # MLP: gelu or swiglu.
@@ -127,6 +132,8 @@ def default_config() -> ConfigDict:
   m.tie_embeddings = True
   # Dropout rate on embeddings, attention output and MLP output (0 disables it entirely).
   m.dropout_rate = 0.0
+  # Dropout rate on the attention probabilities (BERT and GPT-2 use 0.1; 0 disables it).
+  m.attention_dropout_rate = 0.0
   # Compute dtype (parameters stay float32): float32 on CPU, bfloat16 on accelerators.
   m.dtype = "float32"
   # Scan over layers with nn.scan (faster compiles for deep models).
@@ -206,7 +213,8 @@ def default_config() -> ConfigDict:
   s.top_k = 40
   # Keep the smallest set of tokens with this total probability (1.0: off).
   s.top_p = 0.95
-  # Encoder-decoder only: beam search with this many beams instead of sampling (0: sample).
+  # Beam search with this many beams instead of sampling (0: sample), for every generating model:
+  # decoder-only, causal LSTM/GRU and encoder-decoder.
   s.beam_size = 0
   # Beam search length penalty alpha (GNMT; 0: rank by plain log-probability).
   s.length_penalty = 0.0
@@ -355,8 +363,12 @@ def validate(cfg: ConfigDict, num_devices: int | None = None, process_count: int
   if m.positions == "rotary" and (m.d_model // m.num_heads) % 2:
     raise ConfigError(f"config.model.positions = 'rotary' needs an even head dim, got d_model/num_heads = "
                       f"{m.d_model // m.num_heads}.")
-  if not 0.0 <= m.dropout_rate < 1.0:
-    raise ConfigError(f"config.model.dropout_rate = {m.dropout_rate} must be in [0, 1).")
+  for key in ("dropout_rate", "attention_dropout_rate"):
+    if not 0.0 <= m[key] < 1.0:
+      raise ConfigError(f"config.model.{key} = {m[key]} must be in [0, 1).")
+  if m.positions == "relative" and not 2 <= m.relative_buckets <= m.relative_max_distance:
+    raise ConfigError(f"config.model.positions = 'relative' needs 2 <= config.model.relative_buckets "
+                      f"({m.relative_buckets}) <= config.model.relative_max_distance ({m.relative_max_distance}).")
   if not 0.0 < cfg.sample.top_p <= 1.0:
     raise ConfigError(f"config.sample.top_p = {cfg.sample.top_p} must be in (0, 1].")
   if not 0.0 <= o.final_lr_fraction <= 1.0:

@@ -14,11 +14,18 @@ from lmlab.train import checkpoint, partitioning, trainer, workdir
 
 
 def _continue(cfg, model, params, sp, prompts, seed):
+  """Sampling, or beam search with cfg.sample.beam_size; a prefix LM reads the prompt as its prefix."""
   prompt_ids = [[tokenizer.BOS_ID] + sp.encode(p) for p in prompts]
-  outputs = sampling.sample(
-      model, params, prompt_ids, max_new_tokens=cfg.sample.max_new_tokens, rng=jax.random.PRNGKey(seed),
-      temperature=cfg.sample.temperature, top_k=cfg.sample.top_k, top_p=cfg.sample.top_p,
-      eos_id=tokenizer.EOS_ID)
+  prefix = objectives.get(cfg.objective.name).model_options.get("prefix", False)
+  if cfg.sample.beam_size:
+    outputs, _ = sampling.beam_search(
+        model, params, prompt_ids, max_new_tokens=cfg.sample.max_new_tokens, eos_id=tokenizer.EOS_ID,
+        beam_size=cfg.sample.beam_size, alpha=cfg.sample.length_penalty, prefix=prefix)
+  else:
+    outputs = sampling.sample(
+        model, params, prompt_ids, max_new_tokens=cfg.sample.max_new_tokens, rng=jax.random.PRNGKey(seed),
+        temperature=cfg.sample.temperature, top_k=cfg.sample.top_k, top_p=cfg.sample.top_p,
+        eos_id=tokenizer.EOS_ID, prefix=prefix)
   return [sp.decode(ids) for ids in outputs]
 
 

@@ -1,11 +1,11 @@
-"""Batched sampling from causal models: one jitted lax.while_loop over positions (lm1b style), with the
-KV cache for the Transformer.
+"""Batched sampling (and beam search) from causal models: the prompts in one forward pass, then one
+jitted lax.while_loop over new tokens (lm1b style), with the KV cache for the Transformer.
 
-Prompts are right-padded into one [B, L] buffer, L = longest prompt + max_new_tokens. Step t feeds
-the token at position t of every row and writes position t+1: copied from the prompt while t+1 is
-still inside that row's prompt, sampled otherwise. Rows thus share one cache index.
+Prompts are left-padded into one [B, P] block (P the longest prompt), so every row's first new token
+comes from the same column and rows share one cache index; the padding is masked out of attention and
+positions count from each row's first real token. A prefix LM's prompt is its bidirectional prefix.
 
-Shape suffixes: B batch (prompts), L the buffer length (prompt + new tokens), V vocabulary.
+Shape suffixes: B batch (prompts), P prompt block, L = P + new tokens, N new tokens, V vocabulary.
 """
 
 import functools
@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lmlab.decode import beam
 from lmlab.models.transformer import Transformer, init_cache
 
 
@@ -44,71 +45,127 @@ def _next_token(logits_BV, rng, temperature, top_k, top_p):
   return jax.random.categorical(rng, logits_BV, axis=-1).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "temperature", "top_k", "top_p"))
-def _generate(model, params, buf_BL, lengths_B, rng, eos_id, *, temperature, top_k, top_p):
-  B, L = buf_BL.shape
-  # The Transformer decodes one token per step against its KV cache; any other causal model (the
-  # recurrent LMs) re-runs the whole buffer, whose logits at t depend only on tokens <= t.
-  use_cache = isinstance(model, Transformer)
-  cache = init_cache(model, B, L) if use_cache else {}
+def _prompt_forward(model, params, prompt_BP, lengths_B, max_new: int, prefix: bool):
+  """The prompts (left-padded into [B, P]) in one forward pass: (logits [B, V] of the first new token,
+  decoding state). The Transformer fills its KV cache, with the prompt as a bidirectional prefix when
+  `prefix` (a prefix LM reads its prompt as it was trained to); other models (the recurrent LMs) carry
+  the whole [B, P + max_new] buffer, which they re-read at every step."""
+  B, P = prompt_BP.shape
+  segment_ids_BP = (jnp.arange(P) >= P - lengths_B[:, None]).astype(jnp.int32)
+  if isinstance(model, Transformer):
+    cache = init_cache(model, B, P + max_new)
+    logits_BPV, mutated = model.apply({"params": params, "cache": cache}, prompt_BP, segment_ids_BP,
+                                      prefix_BL=segment_ids_BP if prefix else None, decode=True,
+                                      mutable=["cache"])
+    return logits_BPV[:, -1], mutated["cache"]
+  buf_BL = jnp.pad(prompt_BP, ((0, 0), (0, max_new)))
+  segment_ids_BL = jnp.pad(segment_ids_BP, ((0, 0), (0, max_new)), constant_values=1)
+  return model.apply({"params": params}, prompt_BP, segment_ids_BP)[:, -1], (buf_BL, segment_ids_BL)
 
-  def cond(state):
-    t, _, _, done_B = state
-    return (t < L - 1) & ~jnp.all(done_B)
 
-  def body(state):
-    t, buf_BL, cache, done_B = state
-    if use_cache:
-      token_B1 = jax.lax.dynamic_slice_in_dim(buf_BL, t, 1, axis=1)
-      logits_B1V, mutated = model.apply({"params": params, "cache": cache}, token_B1, decode=True,
-                                        mutable=["cache"])
-      logits_BV, cache = logits_B1V[:, 0], mutated["cache"]
-    else:
-      logits_BV = jax.lax.dynamic_index_in_dim(model.apply({"params": params}, buf_BL), t, axis=1,
-                                               keepdims=False)
-    sampled_B = _next_token(logits_BV, jax.random.fold_in(rng, t), temperature, top_k, top_p)
-    in_prompt_B = t + 1 < lengths_B
-    prompt_B = jax.lax.dynamic_index_in_dim(buf_BL, t + 1, axis=1, keepdims=False)
-    next_B = jnp.where(in_prompt_B, prompt_B, sampled_B)
-    done_B = done_B | (~in_prompt_B & (next_B == eos_id))
-    buf_BL = jax.lax.dynamic_update_slice_in_dim(buf_BL, next_B[:, None], t + 1, axis=1)
-    return t + 1, buf_BL, cache, done_B
+def _step(model, params, state, tokens_B, t, prompt_len: int):
+  """Feeds the token generated at step t (buffer position prompt_len + t): (logits [B, V] of the next
+  one, state)."""
+  if isinstance(model, Transformer):
+    logits_B1V, mutated = model.apply({"params": params, "cache": state}, tokens_B[:, None], decode=True,
+                                      mutable=["cache"])
+    return logits_B1V[:, 0], mutated["cache"]
+  buf_BL, segment_ids_BL = state
+  buf_BL = jax.lax.dynamic_update_slice_in_dim(buf_BL, tokens_B[:, None], prompt_len + t, axis=1)
+  logits_BV = jax.lax.dynamic_index_in_dim(model.apply({"params": params}, buf_BL, segment_ids_BL),
+                                           prompt_len + t, axis=1, keepdims=False)
+  return logits_BV, (buf_BL, segment_ids_BL)
 
-  state = (jnp.int32(0), buf_BL, cache, jnp.zeros((B,), bool))
-  return jax.lax.while_loop(cond, body, state)[1]
+
+@functools.partial(jax.jit, static_argnames=("model", "max_new", "temperature", "top_k", "top_p", "prefix"))
+def _generate(model, params, prompt_BP, lengths_B, rng, eos_id, *, max_new, temperature, top_k, top_p, prefix):
+  B, P = prompt_BP.shape
+  logits_BV, state = _prompt_forward(model, params, prompt_BP, lengths_B, max_new, prefix)
+
+  def cond(carry):
+    t, _, _, _, done_B = carry
+    return (t < max_new) & ~jnp.all(done_B)
+
+  def body(carry):
+    t, out_BN, logits_BV, state, done_B = carry
+    next_B = _next_token(logits_BV, jax.random.fold_in(rng, t), temperature, top_k, top_p)
+    out_BN = jax.lax.dynamic_update_slice_in_dim(out_BN, next_B[:, None], t, axis=1)
+    logits_BV, state = _step(model, params, state, next_B, t, P)
+    return t + 1, out_BN, logits_BV, state, done_B | (next_B == eos_id)
+
+  carry = (jnp.int32(0), jnp.zeros((B, max_new), jnp.int32), logits_BV, state, jnp.zeros((B,), bool))
+  return jax.lax.while_loop(cond, body, carry)[1]
+
+
+def _left_padded(prompts: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+  longest = max(map(len, prompts))
+  buf_BP = np.full((len(prompts), longest), pad_id, np.int32)
+  for row, prompt in zip(buf_BP, prompts):
+    row[longest - len(prompt):] = prompt
+  return buf_BP, np.array([len(p) for p in prompts], np.int32)
+
+
+def _check(model, prompts, max_new_tokens: int) -> None:
+  if not prompts or any(len(p) == 0 for p in prompts):
+    raise ValueError("Decoding needs at least one prompt and every prompt needs >= 1 token (e.g. BOS).")
+  if max_new_tokens < 1:
+    raise ValueError(f"max_new_tokens = {max_new_tokens} must be >= 1.")
+  longest = max(map(len, prompts))
+  total = longest + max_new_tokens
+  if total > getattr(model.config, "max_len", total):  # recurrent models have no length limit
+    raise ValueError(f"Longest prompt ({longest} tokens) + max_new_tokens ({max_new_tokens}) = "
+                     f"{total} exceeds the model's max_len = {model.config.max_len}; shorten the prompt "
+                     "or generate fewer tokens.")
+
+
+def _trim(row, eos_id) -> list[int]:
+  out = [int(t) for t in row]
+  return out[:out.index(eos_id) + 1] if eos_id is not None and eos_id in out else out
 
 
 def sample(model: nn.Module, params, prompts: list[list[int]], *, max_new_tokens: int, rng,
            temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, eos_id: int | None = None,
-           pad_id: int = 0) -> list[list[int]]:
-  """Continues each prompt with up to max_new_tokens tokens; temperature 0 is greedy.
+           pad_id: int = 0, prefix: bool = False) -> list[list[int]]:
+  """Continues each prompt with up to max_new_tokens tokens; temperature 0 is greedy. prefix: the prompt
+  is read as a prefix LM's bidirectional prefix (Transformer decoders trained with prefix_lm).
 
   Returns only the generated tokens of each prompt, ending with eos_id if it was sampled. The same
   rng gives the same samples. `params` may be boxed (nn.Partitioned) or plain.
   """
-  if not prompts or any(len(p) == 0 for p in prompts):
-    raise ValueError("sample() needs at least one prompt and every prompt needs >= 1 token (e.g. BOS).")
+  _check(model, prompts, max_new_tokens)
   if temperature < 0:
     raise ValueError(f"temperature = {temperature} must be >= 0 (0: greedy).")
-  if max_new_tokens < 1:
-    raise ValueError(f"max_new_tokens = {max_new_tokens} must be >= 1.")
-  lengths = [len(p) for p in prompts]
-  total = max(lengths) + max_new_tokens
-  if total > getattr(model.config, "max_len", total):  # recurrent models have no length limit
-    raise ValueError(f"Longest prompt ({max(lengths)} tokens) + max_new_tokens ({max_new_tokens}) = "
-                     f"{total} exceeds the model's max_len = {model.config.max_len}; shorten the prompt "
-                     "or generate fewer tokens.")
-  buf = np.full((len(prompts), total), pad_id, np.int32)
-  for row, prompt in zip(buf, prompts):
-    row[:len(prompt)] = prompt
-  out = _generate(model, nn.meta.unbox(params), jnp.asarray(buf), jnp.asarray(lengths, jnp.int32), rng,
+  prompt_BP, lengths_B = _left_padded(prompts, pad_id)
+  out = _generate(model, nn.meta.unbox(params), jnp.asarray(prompt_BP), jnp.asarray(lengths_B), rng,
                   eos_id=jnp.int32(-1 if eos_id is None else eos_id),  # -1 matches no token
-                  temperature=float(temperature), top_k=int(top_k), top_p=float(top_p))
-  out = np.asarray(out)
-  results = []
-  for row, n in zip(out, lengths):
-    generated = row[n:n + max_new_tokens].tolist()
-    if eos_id is not None and eos_id in generated:
-      generated = generated[:generated.index(eos_id) + 1]
-    results.append(generated)
-  return results
+                  max_new=int(max_new_tokens), temperature=float(temperature), top_k=int(top_k),
+                  top_p=float(top_p), prefix=bool(prefix))
+  return [_trim(row, eos_id) for row in np.asarray(out)]
+
+
+@functools.partial(jax.jit, static_argnames=("model", "max_new", "beam_size", "alpha", "prefix"))
+def _beam(model, params, prompt_BP, lengths_B, eos_id, *, max_new, beam_size, alpha, prefix):
+  B, P = prompt_BP.shape
+  logits_BV, state = _prompt_forward(model, params, prompt_BP, lengths_B, max_new, prefix)
+  # One copy of each prompt's state per beam (rows b * E + e), reordered as the beams are.
+  rows = beam.gather_cache_rows if isinstance(model, Transformer) else beam.take_rows
+  state = rows(state, jnp.repeat(jnp.arange(B), beam_size))
+
+  def step(state, previous_N, t):
+    return _step(model, params, state, previous_N, t - 1, P)
+
+  return beam.beam_search(step, state, B, beam_size=beam_size, max_len=max_new, eos_id=eos_id, alpha=alpha,
+                          first_logp_BV=jax.nn.log_softmax(logits_BV), gather_fn=rows)
+
+
+def beam_search(model: nn.Module, params, prompts: list[list[int]], *, max_new_tokens: int, eos_id: int,
+                beam_size: int = 4, alpha: float = 0.0, pad_id: int = 0, prefix: bool = False
+                ) -> tuple[list[list[int]], np.ndarray]:
+  """The best continuation of each prompt by beam search (decode/beam.py: finished hypotheses kept apart,
+  GNMT length penalty alpha), ending with eos_id if produced, and its length-penalized log-probability."""
+  _check(model, prompts, max_new_tokens)
+  prompt_BP, lengths_B = _left_padded(prompts, pad_id)
+  out, scores = _beam(model, nn.meta.unbox(params), jnp.asarray(prompt_BP), jnp.asarray(lengths_B),
+                      jnp.int32(eos_id), max_new=int(max_new_tokens), beam_size=int(beam_size),
+                      alpha=float(alpha), prefix=bool(prefix))
+  return [[t for t in _trim(row, eos_id) if t != pad_id] for row in np.asarray(out)], np.asarray(scores)

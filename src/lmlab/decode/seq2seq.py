@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lmlab.data.tokenizer import BOS_ID, PAD_ID
+from lmlab.decode import beam
 from lmlab.decode.sampling import _next_token
 from lmlab.models.encdec import EncoderDecoder, init_decoder_cache
 
@@ -48,51 +49,18 @@ def _sample(model, params, tokens_BS, segment_ids_BS, rng, eos_id, *, max_len, t
   return jax.lax.while_loop(cond, body, state)[1]
 
 
-def _gather_beams(tree, index_N):
-  """Reorders the rows (batch x beam, axis -4 of cached keys/values) of a decoder cache."""
-  return jax.tree_util.tree_map(lambda x: x if x.ndim < 4 else jnp.take(x, index_N, axis=x.ndim - 4), tree)
-
-
 @functools.partial(jax.jit, static_argnames=("model", "max_len", "beam_size", "alpha"))
 def _beam_search(model, params, tokens_BS, segment_ids_BS, eos_id, *, max_len, beam_size, alpha):
   B, S = tokens_BS.shape
   E, N = beam_size, tokens_BS.shape[0] * beam_size
   encoded_BSD = model.apply({"params": params}, tokens_BS, segment_ids_BS, method="encode")
   encoded_NSD, segment_ids_NS = jnp.repeat(encoded_BSD, E, axis=0), jnp.repeat(segment_ids_BS, E, axis=0)
-  cache = init_decoder_cache(model, N, max_len, S)
-  # Only beam 0 is alive at the start, so the first step's E best tokens come from it.
-  scores_BE = jnp.tile(jnp.array([0.0] + [-jnp.inf] * (E - 1)), (B, 1))
 
-  def cond(state):
-    t, _, _, _, done_BE = state
-    return (t < max_len) & ~jnp.all(done_BE)
+  def step(cache, previous_N, t):
+    return _decode_step(model, params, cache, jnp.where(t == 0, BOS_ID, previous_N), encoded_NSD, segment_ids_NS)
 
-  def body(state):
-    t, seqs_BET, scores_BE, cache, done_BE = state
-    previous_N = jnp.where(t == 0, BOS_ID, jax.lax.dynamic_index_in_dim(seqs_BET, t - 1, 2, keepdims=False)
-                           ).reshape(N)
-    logits_NV, cache = _decode_step(model, params, cache, previous_N, encoded_NSD, segment_ids_NS)
-    V = logits_NV.shape[-1]
-    logp_BEV = jax.nn.log_softmax(logits_NV.astype(jnp.float32)).reshape(B, E, V)
-    # A finished beam can only be extended by padding, at no cost: it keeps its score.
-    pad_only_V = jnp.where(jnp.arange(V) == PAD_ID, 0.0, -jnp.inf)
-    logp_BEV = jnp.where(done_BE[..., None], pad_only_V, logp_BEV)
-    top_scores_BE, top_index_BE = jax.lax.top_k((scores_BE[..., None] + logp_BEV).reshape(B, E * V), E)
-    beam_BE, token_BE = top_index_BE // V, top_index_BE % V
-    seqs_BET = jnp.take_along_axis(seqs_BET, beam_BE[..., None], axis=1)
-    seqs_BET = jax.lax.dynamic_update_slice_in_dim(seqs_BET, token_BE[..., None], t, axis=2)
-    done_BE = jnp.take_along_axis(done_BE, beam_BE, axis=1) | (token_BE == eos_id)
-    cache = _gather_beams(cache, (jnp.arange(B)[:, None] * E + beam_BE).reshape(N))
-    return t + 1, seqs_BET, top_scores_BE, cache, done_BE
-
-  state = (jnp.int32(0), jnp.zeros((B, E, max_len), jnp.int32), scores_BE, cache, jnp.zeros((B, E), bool))
-  _, seqs_BET, scores_BE, _, _ = jax.lax.while_loop(cond, body, state)
-  # GNMT length normalization (alpha 0: plain log-probability); length counts tokens up to EOS.
-  lengths_BE = jnp.sum(seqs_BET != PAD_ID, axis=-1)
-  normalized_BE = scores_BE / ((5.0 + lengths_BE) / 6.0) ** alpha
-  best_B = jnp.argmax(normalized_BE, axis=1)
-  return (jnp.take_along_axis(seqs_BET, best_B[:, None, None], axis=1)[:, 0],
-          jnp.take_along_axis(scores_BE, best_B[:, None], axis=1)[:, 0])
+  return beam.beam_search(step, init_decoder_cache(model, N, max_len, S), B, beam_size=E, max_len=max_len,
+                          eos_id=eos_id, alpha=alpha, pad_id=PAD_ID, gather_fn=beam.gather_cache_rows)
 
 
 def _encoder_batch(inputs: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
@@ -134,7 +102,8 @@ def generate(model: EncoderDecoder, params, inputs: list[list[int]], *, max_len:
 
 def beam_search(model: EncoderDecoder, params, inputs: list[list[int]], *, max_len: int, eos_id: int,
                 beam_size: int = 4, alpha: float = 0.0) -> tuple[list[list[int]], np.ndarray]:
-  """The best beam per input and its total log-probability (for tests and scoring)."""
+  """The best beam per input and its length-penalized log-probability (alpha 0: the total; for tests
+  and scoring)."""
   tokens_BS, segment_ids_BS = _encoder_batch(inputs)
   out, scores = _beam_search(model, nn.meta.unbox(params), tokens_BS, segment_ids_BS, jnp.int32(eos_id),
                              max_len=max_len, beam_size=beam_size, alpha=float(alpha))

@@ -55,6 +55,8 @@ def apply(model: nn.Module, variables, batch: dict, **kwargs) -> dict:
     return {"logits": model.apply(variables, *(batch[key] for key in ENCDEC_INPUTS), **kwargs)}
   inputs = (batch["tokens"], batch.get("segment_ids"), batch.get("positions"))
   if isinstance(model, heads.Classifier):
+    if "prefix" in batch:
+      kwargs["prefix_BL"] = batch["prefix"]
     return {"logits": model.apply(variables, *inputs, **kwargs)}
   if isinstance(model, transformer.Transformer):
     for key in ("prefix", "token_types"):

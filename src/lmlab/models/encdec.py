@@ -2,9 +2,10 @@
 with cross-attention to the encoder output, sharing one token embedding (tied to the output).
 
 Built from the same blocks as models/transformer.py. Each stack has its own positions (learned tables,
-sinusoidal or rotary, as configured; T5's relative bias is not implemented) and final norm. The decoder
-keeps a KV cache of its self-attention for decoding; cross-attention keys and values are recomputed
-from the encoder output at every step.
+sinusoidal, rotary, or T5's relative position bias: bidirectional buckets in the encoder, causal ones in
+the decoder, one table per stack shared by its layers, none in cross-attention) and final norm. The
+decoder keeps a KV cache of its self-attention for decoding; cross-attention keys and values are
+recomputed from the encoder output at every step.
 
 Shape suffixes: B batch, S encoder length, T decoder (target) length, L the length of a Stack's own
 row (S in the encoder, T in the decoder), D d_model, V vocab.
@@ -14,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lmlab.models.transformer import (TransformerConfig, _init, _norm, add_positions, run_blocks,
+from lmlab.models.transformer import (TransformerConfig, _init, _norm, add_positions, position_bias, run_blocks,
                                       self_attention_inputs, token_embedding)
 
 
@@ -37,14 +38,15 @@ class Stack(nn.Module):
   def __call__(self, x_BLD, segment_ids_BL=None, positions_BL=None, encoded_BSD=None,
                encoder_segment_ids_BS=None, *, deterministic=True, decode=False):
     cfg = self.cfg
-    cache_index, positions_BL, mask_B1LS = self_attention_inputs(
+    cache_index, positions_BL, key_positions_BS, mask_B1LS = self_attention_inputs(
         self, x_BLD.shape[:2], segment_ids_BL, positions_BL, None, self.causal, decode)
     x_BLD, rope = add_positions(self, cfg, x_BLD, positions_BL, deterministic)
+    bias_BHLS = position_bias(self, cfg, positions_BL, key_positions_BS, self.causal)
     cross_mask = None
     if encoded_BSD is not None:
       cross_mask = cross_attention_mask(None if decode else segment_ids_BL, encoder_segment_ids_BS)
-    x_BLD = run_blocks(cfg, x_BLD, mask_B1LS, rope, cache_index, deterministic=deterministic, decode=decode,
-                       encoded_BSD=encoded_BSD, cross_mask_B1LS=cross_mask)
+    x_BLD = run_blocks(cfg, x_BLD, mask_B1LS, rope, bias_BHLS, cache_index, deterministic=deterministic,
+                       decode=decode, encoded_BSD=encoded_BSD, cross_mask_B1LS=cross_mask)
     return _norm(cfg, "ln_final")(x_BLD)
 
 

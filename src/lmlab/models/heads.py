@@ -39,13 +39,16 @@ class Classifier(nn.Module):
   dropout_rate: float = 0.0
 
   @nn.compact
-  def __call__(self, tokens_BL, segment_ids_BL=None, positions_BL=None, *, deterministic=True):
+  def __call__(self, tokens_BL, segment_ids_BL=None, positions_BL=None, *, prefix_BL=None, deterministic=True):
+    """prefix_BL: the tokens a prefix-LM body reads bidirectionally (Transformer bodies only)."""
     if segment_ids_BL is None:
       segment_ids_BL = (tokens_BL != 0).astype(jnp.int32)
     if isinstance(self.body, encdec.EncoderDecoder):
       h_BLD = self.body.encode(tokens_BL, segment_ids_BL, positions_BL, deterministic=deterministic)
     else:
-      h_BLD = self.body(tokens_BL, segment_ids_BL, positions_BL, deterministic=deterministic, features=True)
+      extra = {} if prefix_BL is None else {"prefix_BL": prefix_BL}
+      h_BLD = self.body(tokens_BL, segment_ids_BL, positions_BL, deterministic=deterministic, features=True,
+                        **extra)
     pooled_BD = pool(h_BLD.astype(jnp.float32), segment_ids_BL, self.pooling)
     if self.freeze_body:
       pooled_BD = jax.lax.stop_gradient(pooled_BD)

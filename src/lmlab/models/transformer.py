@@ -26,13 +26,16 @@ class TransformerConfig:
   num_heads: int = 4
   mlp_dim: int = 1024
   max_len: int = 128
-  positions: str = "learned"  # learned | sinusoidal | rotary
+  positions: str = "learned"  # learned | sinusoidal | rotary | relative (T5's bucketed bias)
   rope_base: float = 10000.0
+  relative_buckets: int = 32  # relative: buckets of T5's relative position bias, and the distance
+  relative_max_distance: int = 128  # beyond which all relative positions share the last bucket
   norm: str = "layernorm"  # layernorm | rmsnorm
   mlp_activation: str = "gelu"  # gelu | swiglu
   use_bias: bool = True
   tie_embeddings: bool = True
   dropout_rate: float = 0.0
+  attention_dropout_rate: float = 0.0  # on the attention probabilities (BERT, GPT-2: 0.1)
   dtype: jnp.dtype = jnp.float32  # compute dtype; params are always float32
   scan_layers: bool = False
   remat: str = "none"  # none | full | dots
@@ -91,6 +94,35 @@ def apply_rope(x_BLHK, sin, cos):
   return out.astype(x_BLHK.dtype)
 
 
+def relative_position_bucket(relative_position, bidirectional: bool, num_buckets: int = 32,
+                             max_distance: int = 128):
+  """T5's bucket of each relative position (key position - query position): exact buckets for the
+  num_buckets / 2 nearest distances, logarithmically wider ones up to max_distance, the last bucket beyond;
+  bidirectional: half of the buckets for keys after the query; causal: later keys share bucket 0."""
+  n = -relative_position
+  bucket = 0
+  if bidirectional:
+    num_buckets //= 2
+    bucket = (n < 0).astype(jnp.int32) * num_buckets
+    n = jnp.abs(n)
+  else:
+    n = jnp.maximum(n, 0)
+  max_exact = num_buckets // 2
+  large = max_exact + (jnp.log(n.astype(jnp.float32) / max_exact + np.finfo(np.float32).eps)
+                       / math.log(max_distance / max_exact) * (num_buckets - max_exact)).astype(jnp.int32)
+  return bucket + jnp.where(n < max_exact, n, jnp.minimum(large, num_buckets - 1))
+
+
+def relative_bias(module: nn.Module, cfg: "TransformerConfig", query_positions_BL, key_positions_BS,
+                  bidirectional: bool):
+  """T5's relative position bias [B, H, L, S] (float32): one learned scalar per head and bucket, the
+  module's `relative_bias` parameter, shared by all its layers and added to the self-attention logits."""
+  table_RH = module.param("relative_bias", _init((None, "heads")), (cfg.relative_buckets, cfg.num_heads))
+  bucket_BLS = relative_position_bucket(key_positions_BS[:, None, :] - query_positions_BL[:, :, None],
+                                        bidirectional, cfg.relative_buckets, cfg.relative_max_distance)
+  return jnp.transpose(table_RH[bucket_BLS], (0, 3, 1, 2)).astype(jnp.float32)
+
+
 def segment_positions(segment_ids_BL):
   """Positions that restart at 0 at the start of every segment of a packed row."""
   idx_L = jnp.arange(segment_ids_BL.shape[1])
@@ -121,12 +153,14 @@ def attention_mask(length: int, segment_ids_BL=None, prefix_BL=None, causal: boo
 class Attention(nn.Module):
   """Multi-head self-attention with a fused QKV projection and an optional KV cache, for decoders (causal),
   encoders (bidirectional) and prefix LMs (bidirectional prefix, causal after it): the mask decides who
-  attends to whom (see attention_mask); packed segments never see each other."""
+  attends to whom (see attention_mask); packed segments never see each other. bias_BHLS: T5's relative
+  position bias, or None."""
   cfg: TransformerConfig
   decode: bool = False
+  deterministic: bool = True
 
   @nn.compact
-  def __call__(self, x_BLD, mask_B1LS, rope, cache_index):
+  def __call__(self, x_BLD, mask_B1LS, rope, bias_BHLS, cache_index):
     cfg = self.cfg
     qkv_BL3HK = nn.DenseGeneral(
         (3, cfg.num_heads, cfg.head_dim), use_bias=cfg.use_bias, dtype=cfg.dtype,
@@ -146,13 +180,14 @@ class Attention(nn.Module):
         cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v_BLHK, start)
         k_BLHK, v_BLHK = cached_k.value, cached_v.value  # now k_BSHK, v_BSHK
 
-    return _attend(cfg, q_BLHK, k_BLHK, v_BLHK, mask_B1LS)
+    return _attend(cfg, q_BLHK, k_BLHK, v_BLHK, mask_B1LS, bias_BHLS, self.deterministic)
 
 
 class CrossAttention(nn.Module):
   """Decoder-to-encoder attention (encoder-decoder models): queries from x, keys and values from the
-  encoder output, with a fused KV projection."""
+  encoder output, with a fused KV projection; no position bias (as in T5)."""
   cfg: TransformerConfig
+  deterministic: bool = True
 
   @nn.compact
   def __call__(self, x_BLD, encoded_BSD, mask_B1LS):
@@ -165,16 +200,22 @@ class CrossAttention(nn.Module):
         (2, cfg.num_heads, cfg.head_dim), use_bias=cfg.use_bias, dtype=cfg.dtype,
         kernel_init=_init(("embed", None, "heads", "head_dim")),
         bias_init=_zeros((None, "heads", "head_dim")), name="kv")(encoded_BSD)
-    return _attend(cfg, q_BLHK, kv_BS2HK[:, :, 0], kv_BS2HK[:, :, 1], mask_B1LS)
+    return _attend(cfg, q_BLHK, kv_BS2HK[:, :, 0], kv_BS2HK[:, :, 1], mask_B1LS, None, self.deterministic)
 
 
-def _attend(cfg: TransformerConfig, q_BLHK, k_BSHK, v_BSHK, mask_B1LS):
-  """Masked softmax attention and the output projection, inside the calling attention module."""
+def _attend(cfg: TransformerConfig, q_BLHK, k_BSHK, v_BSHK, mask_B1LS, bias_BHLS, deterministic: bool):
+  """Masked softmax attention (with attention dropout when training) and the output projection, inside
+  the calling attention module."""
   # Scores and softmax in float32: bf16 logits lose too much precision for long contexts.
   logits_BHLS = jnp.einsum("blhk,bshk->bhls", q_BLHK, k_BSHK, preferred_element_type=jnp.float32)
   logits_BHLS = logits_BHLS / np.sqrt(cfg.head_dim)
+  if bias_BHLS is not None:
+    logits_BHLS = logits_BHLS + bias_BHLS
   logits_BHLS = jnp.where(mask_B1LS, logits_BHLS, jnp.finfo(jnp.float32).min)
-  probs_BHLS = jax.nn.softmax(logits_BHLS, axis=-1).astype(cfg.dtype)
+  probs_BHLS = jax.nn.softmax(logits_BHLS, axis=-1)
+  if cfg.attention_dropout_rate > 0 and not deterministic:
+    probs_BHLS = nn.Dropout(cfg.attention_dropout_rate)(probs_BHLS, deterministic=False)
+  probs_BHLS = probs_BHLS.astype(cfg.dtype)
   out_BLHK = jnp.einsum("bhls,bshk->blhk", probs_BHLS, v_BSHK)
   # Output projections get the GPT-2 scaled init so the residual stream variance stays O(1) with depth.
   return nn.DenseGeneral(
@@ -209,13 +250,14 @@ class Block(nn.Module):
   decode: bool = False
 
   @nn.compact
-  def __call__(self, x_BLD, mask_B1LS, rope, cache_index, encoded_BSD=None, cross_mask_B1LS=None):
+  def __call__(self, x_BLD, mask_B1LS, rope, bias_BHLS, cache_index, encoded_BSD=None, cross_mask_B1LS=None):
     cfg = self.cfg
-    h_BLD = Attention(cfg, self.decode, name="attn")(_norm(cfg, "ln_attn")(x_BLD), mask_B1LS, rope,
-                                                     cache_index)
+    h_BLD = Attention(cfg, self.decode, self.deterministic, name="attn")(
+        _norm(cfg, "ln_attn")(x_BLD), mask_B1LS, rope, bias_BHLS, cache_index)
     x_BLD = x_BLD + self._dropout(h_BLD)
     if encoded_BSD is not None:
-      h_BLD = CrossAttention(cfg, name="cross")(_norm(cfg, "ln_cross")(x_BLD), encoded_BSD, cross_mask_B1LS)
+      h_BLD = CrossAttention(cfg, self.deterministic, name="cross")(
+          _norm(cfg, "ln_cross")(x_BLD), encoded_BSD, cross_mask_B1LS)
       x_BLD = x_BLD + self._dropout(h_BLD)
     h_BLD = Mlp(cfg, name="mlp")(_norm(cfg, "ln_mlp")(x_BLD))
     return x_BLD + self._dropout(h_BLD), None
@@ -240,7 +282,7 @@ class Transformer(nn.Module):
     """features=True returns the final hidden states [B, L, D] (after ln_final) instead of logits, for
     task heads; the output layers are then not run (nor created at init)."""
     cfg = self.config
-    cache_index, positions_BL, mask_B1LS = self_attention_inputs(
+    cache_index, positions_BL, key_positions_BS, mask_B1LS = self_attention_inputs(
         self, tokens_BL.shape, segment_ids_BL, positions_BL, prefix_BL, cfg.causal, decode)
     embed = token_embedding(cfg)
     x_BLD = embed(tokens_BL)
@@ -249,7 +291,9 @@ class Transformer(nn.Module):
                        embedding_init=_init((None, "embed")), name="token_type_embed")
       x_BLD = x_BLD + types(jnp.zeros_like(tokens_BL) if token_types_BL is None else token_types_BL)
     x_BLD, rope = add_positions(self, cfg, x_BLD, positions_BL, deterministic)
-    x_BLD = run_blocks(cfg, x_BLD, mask_B1LS, rope, cache_index, deterministic=deterministic, decode=decode)
+    bias_BHLS = position_bias(self, cfg, positions_BL, key_positions_BS, cfg.causal)
+    x_BLD = run_blocks(cfg, x_BLD, mask_B1LS, rope, bias_BHLS, cache_index, deterministic=deterministic,
+                       decode=decode)
     x_BLD = _norm(cfg, "ln_final")(x_BLD)
     if features:
       return x_BLD
@@ -278,30 +322,47 @@ class Transformer(nn.Module):
 
 def self_attention_inputs(module: nn.Module, shape, segment_ids_BL, positions_BL, prefix_BL, causal: bool,
                           decode: bool):
-  """(cache_index, positions [B, L], self-attention mask [B|1, 1, L, S]), built once for all layers.
+  """(cache_index, positions [B, L], key positions [B, S], self-attention mask [B|1, 1, L, S]), built
+  once for all layers.
 
-  Decoding steps (decode=True with a cache): the L queries sit at cache_index.., keys are the cache
-  slots up to each query, and the cache index advances by L. decode=True without a cache initializes
-  it (a normal causal pass over an unpacked row, whose length becomes the cache length).
+  Decoding (decode=True with a cache): the L queries sit at cache slots cache_index.., the keys are the
+  cache slots up to each query, and the cache index advances by L. A row may start with left padding (a
+  prompt shorter than the longest of its batch): the call that passes segment ids (0 on that padding)
+  sets each row's offset, its padded slots are never attended to, and positions count from its first
+  real token. prefix_BL marks queries and keys that see each other both ways (a prefix LM's prompt).
+  decode=True without a cache initializes it (a causal pass over an unpacked row, whose length becomes
+  the cache length).
   """
   B, L = shape
   if decode and module.has_variable("cache", "index"):
     index = module.variable("cache", "index", jnp.zeros, (), jnp.int32)
+    offset = module.variable("cache", "offset", jnp.zeros, (B,), jnp.int32)
     cache_index = index.value
     index.value = cache_index + L
-    positions_BL = jnp.broadcast_to(cache_index + jnp.arange(L), (B, L))
+    if segment_ids_BL is not None:
+      offset.value = jnp.argmax(segment_ids_BL > 0, axis=1).astype(jnp.int32)
     # The cache length is the init input's length; read it off any layer's cached keys [.., B, S, H, K].
     leaves = jax.tree_util.tree_leaves_with_path(module.variables["cache"])
     cache_len = next(x.shape[-3] for path, x in leaves if "cached_key" in jax.tree_util.keystr(path))
-    return cache_index, positions_BL, jnp.arange(cache_len) <= positions_BL[:, None, :, None]
+    slot_BL = jnp.broadcast_to(cache_index + jnp.arange(L), (B, L))
+    key_slot_S = jnp.arange(cache_len)
+    mask_BLS = (key_slot_S <= slot_BL[:, :, None]) & (key_slot_S >= offset.value[:, None, None])
+    if prefix_BL is not None:
+      key_prefix_BS = jax.lax.dynamic_update_slice(jnp.zeros((B, cache_len), bool), prefix_BL.astype(bool),
+                                                   (0, cache_index))
+      mask_BLS = mask_BLS | (prefix_BL.astype(bool)[:, :, None] & key_prefix_BS[:, None, :])
+    positions_BL = jnp.maximum(slot_BL - offset.value[:, None], 0)
+    key_positions_BS = jnp.maximum(key_slot_S - offset.value[:, None], 0)
+    return cache_index, positions_BL, key_positions_BS, mask_BLS[:, None]
   if decode:
     module.variable("cache", "index", jnp.zeros, (), jnp.int32)
-    segment_ids_BL = positions_BL = None
+    module.variable("cache", "offset", jnp.zeros, (B,), jnp.int32)
+    segment_ids_BL = positions_BL = prefix_BL = None
   mask_B1LS = attention_mask(L, segment_ids_BL, prefix_BL, causal)
   if positions_BL is None:
     positions_BL = (segment_positions(segment_ids_BL) if segment_ids_BL is not None
                     else jnp.broadcast_to(jnp.arange(L), (B, L)))
-  return None, positions_BL, mask_B1LS
+  return None, positions_BL, positions_BL, mask_B1LS
 
 
 def token_embedding(cfg: TransformerConfig, name: str = "embed") -> nn.Embed:
@@ -318,20 +379,27 @@ def add_positions(module: nn.Module, cfg: TransformerConfig, x_BLD, positions_BL
     x_BLD = x_BLD + table_PD[positions_BL].astype(cfg.dtype)
   elif cfg.positions == "sinusoidal":
     x_BLD = x_BLD + sinusoidal(positions_BL, cfg.d_model).astype(cfg.dtype)
-  else:
+  elif cfg.positions == "rotary":
     rope = rope_tables(positions_BL, cfg.head_dim, cfg.rope_base)
   if cfg.dropout_rate > 0 and not deterministic:
     x_BLD = nn.Dropout(cfg.dropout_rate)(x_BLD, deterministic=False)
   return x_BLD, rope
 
 
-def run_blocks(cfg: TransformerConfig, x_BLD, mask_B1LS, rope, cache_index, *, deterministic: bool,
+def position_bias(module: nn.Module, cfg: TransformerConfig, positions_BL, key_positions_BS, causal: bool):
+  """The relative position bias [B, H, L, S] of cfg.positions = "relative" (see relative_bias), else None."""
+  if cfg.positions != "relative":
+    return None
+  return relative_bias(module, cfg, positions_BL, key_positions_BS, bidirectional=not causal)
+
+
+def run_blocks(cfg: TransformerConfig, x_BLD, mask_B1LS, rope, bias_BHLS, cache_index, *, deterministic: bool,
                decode: bool, encoded_BSD=None, cross_mask_B1LS=None, name: str = "block"):
   """num_layers Blocks named {name}_0.. (or one scanned `{name}s` with a leading layer axis)."""
   block = Block
   if cfg.remat != "none" and not decode:  # remat only matters for the backward pass
     block = nn.remat(Block, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
-  args = (mask_B1LS, rope, cache_index, encoded_BSD, cross_mask_B1LS)
+  args = (mask_B1LS, rope, bias_BHLS, cache_index, encoded_BSD, cross_mask_B1LS)
   if cfg.scan_layers:
     block = nn.scan(block, variable_axes={"params": 0, "cache": 0},
                     split_rngs={"params": True, "dropout": True}, in_axes=(nn.broadcast,) * len(args),

@@ -55,7 +55,8 @@ class Objective:
   data: Callable[..., ObjectiveData]
   losses: tuple[LossTerm, ...] = (TOKENS,)
   # Derived model options the family's builder reads (bidirectional: an RNN reads its whole segment;
-  # nsp_head: the encoder also returns next-sentence logits).
+  # nsp_head: the encoder also returns next-sentence logits), and how inputs are fed (prefix: a prompt or a
+  # task input is the model's bidirectional prefix, when sampling and fine-tuning).
   model_options: Mapping[str, bool] = dataclasses.field(default_factory=dict)
   # How a trained model completes a prompt (decode/complete.py): continue, fill_mask, fill_mask_pair
   # ([CLS] prompt [SEP], as sentence A) or seq2seq (decode the targets of a corrupted prompt).

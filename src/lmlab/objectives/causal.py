@@ -91,6 +91,7 @@ OBJECTIVES = (
     Objective(
         name="prefix_lm",
         families=("decoder",),
+        model_options={"prefix": True},
         data=_packed_lm(lambda cfg: functools.partial(prefix_lm, split=cfg.objective.prefix_fraction or "random")),
     ),
 )

@@ -81,7 +81,7 @@ def default_config() -> ml_collections.ConfigDict:
   f.metric = "auto"
   # Checkpoints kept, best first by the metric; the best is evaluated on the test split at the end.
   f.keep_best = 1
-  # Generation: beam search with this many beams (encoder-decoder only; 0: greedy decoding).
+  # Generation: beam search with this many beams (0: greedy decoding), length penalty config.sample.length_penalty.
   f.beam_size = 0
   # A non-neural baseline on the same task instead of a neural model: "tfidf_svm" (TF-IDF + linear SVM,
   # classification) or "lead" (the first words of the source, as many as the median training target;
@@ -117,6 +117,11 @@ def pooling(cfg) -> str:
   if family == "encoder_decoder" or (family == "rnn" and _bidirectional(cfg)):
     return "mean"
   return "last"
+
+
+def prefix_input(cfg) -> bool:
+  """Whether the task input is read as a bidirectional prefix (a decoder pretrained as a prefix LM)."""
+  return objectives.get(cfg.objective.name).model_options.get("prefix", False)
 
 
 def _bidirectional(cfg) -> bool:
@@ -163,15 +168,21 @@ def resolve(cfg) -> ml_collections.ConfigDict:
   if pre.model.family == "ngram":
     raise ConfigError(f"config.init_from = {cfg.init_from!r} is an n-gram run: it has no parameters to "
                       "fine-tune.")
-  differ = [key for key in cfg.tokenizer if cfg.tokenizer[key] != pre.tokenizer.get(key)]
+  # The fields that define a tokenizer's file (the run's file is copied; how it was sampled does not matter).
+  differ = [key for key in ("vocab_size", "model_type", "character_coverage", "num_sentinels")
+            if cfg.tokenizer[key] != pre.tokenizer.get(key)]
   if differ:
     pairs = ", ".join(f"tokenizer.{k} = {cfg.tokenizer[k]!r} (pretrained: {pre.tokenizer.get(k)!r})" for k in differ)
     raise ConfigError(f"The task config's tokenizer does not match the pretraining run {cfg.init_from}: {pairs}. "
                       "A checkpoint only works with its own vocabulary: use the same size preset as the "
                       "pretraining run, or set those config.tokenizer values.")
-  dropout = cfg.model.dropout_rate
-  cfg.model = pre.model
-  cfg.model.dropout_rate = dropout
+  # The checkpoint's architecture; fields newer than its run keep their defaults (which change nothing),
+  # and the dropout rates are the task's own.
+  dropout = {key: cfg.model[key] for key in ("dropout_rate", "attention_dropout_rate")}
+  model = config_lib.default_config().model
+  model.update({key: value for key, value in pre.model.items() if key in model})
+  model.update(dropout)
+  cfg.model = model
   cfg.objective = pre.objective
   cfg.data.seq_len = pre.data.seq_len
   return cfg
@@ -225,9 +236,6 @@ def validate(cfg, num_devices: int | None = None, process_count: int = 1) -> Non
     if f.freeze_body:
       raise ConfigError("config.finetune.freeze_body = True leaves nothing to train on a generation task "
                         "(the language-model head is part of the body).")
-    if f.beam_size and m.family != "encoder_decoder":
-      raise ConfigError("config.finetune.beam_size > 0 (beam search) is implemented for encoder_decoder "
-                        "models; use 0 (greedy) for decoder-only and rnn models.")
     if m.family != "encoder_decoder" and cfg.data.seq_len < t.max_target_len + 3 + 8:
       raise ConfigError(f"config.data.seq_len = {cfg.data.seq_len} leaves fewer than 8 source tokens beside "
                         f"config.task.max_target_len = {t.max_target_len}; lower max_target_len.")

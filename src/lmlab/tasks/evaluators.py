@@ -12,6 +12,7 @@ import numpy as np
 from lmlab.data.tokenizer import EOS_ID
 from lmlab.decode import sampling, seq2seq
 from lmlab.objectives.base import TOKENS
+from lmlab.tasks import config as task_config
 from lmlab.tasks import data, inputs, metrics
 from lmlab.train import partitioning
 from lmlab.train.evaluate import evaluate
@@ -48,7 +49,7 @@ class ClassificationEvaluator(Evaluator):
 
   def make_arrays(self, split: data.Split) -> dict:
     return inputs.classification_arrays(self.sp, split.texts, self.cfg.model.family, self.cfg.data.seq_len,
-                                        split.labels)
+                                        split.labels, task_config.prefix_input(self.cfg))
 
   def probabilities(self, params, arrays: dict) -> np.ndarray:
     """float [R, C] class probabilities of every example of `arrays`."""
@@ -72,7 +73,7 @@ class GenerationEvaluator(Evaluator):
   def make_arrays(self, split: data.Split) -> dict:
     cfg = self.cfg
     return inputs.generation_arrays(self.sp, split.texts, split.targets, cfg.model.family, cfg.data.seq_len,
-                                    cfg.task.max_target_len)
+                                    cfg.task.max_target_len, task_config.prefix_input(cfg))
 
   def generate(self, params, sources: list[str]) -> list[str]:
     cfg, model = self.cfg, self.trn.model
@@ -83,9 +84,14 @@ class GenerationEvaluator(Evaluator):
       outputs = seq2seq.generate(model, params, prompts, max_len=cfg.task.max_target_len + 1,
                                  rng=jax.random.PRNGKey(cfg.seed), eos_id=EOS_ID, temperature=0.0,
                                  beam_size=cfg.finetune.beam_size, alpha=cfg.sample.length_penalty)
+    elif cfg.finetune.beam_size:
+      outputs, _ = sampling.beam_search(model, params, prompts, max_new_tokens=cfg.task.max_target_len + 1,
+                                        eos_id=EOS_ID, beam_size=cfg.finetune.beam_size,
+                                        alpha=cfg.sample.length_penalty, prefix=task_config.prefix_input(cfg))
     else:
       outputs = sampling.sample(model, params, prompts, max_new_tokens=cfg.task.max_target_len + 1,
-                                rng=jax.random.PRNGKey(cfg.seed), temperature=0.0, eos_id=EOS_ID)
+                                rng=jax.random.PRNGKey(cfg.seed), temperature=0.0, eos_id=EOS_ID,
+                                prefix=task_config.prefix_input(cfg))
     return [self.sp.decode([t for t in ids if t != EOS_ID]) for ids in outputs]
 
   def __call__(self, params, split: data.Split, with_predictions: bool = False) -> dict:

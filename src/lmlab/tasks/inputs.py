@@ -5,7 +5,9 @@ recurrent models (pooled at the last token, EOS, which has read the whole text),
 encoder of an encoder-decoder; texts longer than the row are cut.
 Generation: a decoder-only model reads [BOS] source [SEP] target [EOS] and is trained on the target and
 EOS only (the prompt at decoding time is [BOS] source [SEP]); an encoder-decoder reads source [EOS] and
-decodes [BOS] target -> target [EOS], as in pretraining.
+decodes [BOS] target -> target [EOS], as in pretraining. With prefix (a decoder pretrained as a prefix
+LM) the input, [BOS] text [EOS] or the prompt [BOS] source [SEP], is the bidirectional prefix (`prefix` 1
+on its tokens), as the model was pretrained to read it.
 
 Shape letters (as in lmlab/__init__.py): R rows (examples) of a split.
 """
@@ -28,8 +30,10 @@ def _rows(sequences: list[list[int]], length: int) -> tuple[np.ndarray, np.ndarr
   return tokens, segment_ids
 
 
-def classification_arrays(sp, texts: list[str], family: str, seq_len: int, labels=None) -> dict:
-  """tokens, segment_ids, targets (label ids, 0 if unknown) and weights (1) per example."""
+def classification_arrays(sp, texts: list[str], family: str, seq_len: int, labels=None, prefix: bool = False
+                          ) -> dict:
+  """tokens, segment_ids, targets (label ids, 0 if unknown) and weights (1) per example; with prefix also
+  `prefix` (the whole input)."""
   ids = sp.encode(list(texts))
   if family == "encoder":
     seqs = [[CLS_ID] + x[:seq_len - 2] + [SEP_ID] for x in ids]
@@ -39,8 +43,9 @@ def classification_arrays(sp, texts: list[str], family: str, seq_len: int, label
     seqs = [[BOS_ID] + x[:seq_len - 2] + [EOS_ID] for x in ids]
   tokens, segment_ids = _rows(seqs, seq_len)
   targets = np.zeros(len(seqs), I32) if labels is None else np.asarray(labels, I32)
-  return {"tokens": tokens, "segment_ids": segment_ids, "targets": targets,
-          "weights": np.ones(len(seqs), np.float32)}
+  arrays = {"tokens": tokens, "segment_ids": segment_ids, "targets": targets,
+            "weights": np.ones(len(seqs), np.float32)}
+  return dict(arrays, prefix=segment_ids.copy()) if prefix else arrays
 
 
 def prompts(sp, sources: list[str], family: str, seq_len: int, max_target_len: int) -> list[list[int]]:
@@ -53,9 +58,11 @@ def prompts(sp, sources: list[str], family: str, seq_len: int, max_target_len: i
 
 
 def generation_arrays(sp, sources: list[str], targets: list[str], family: str, seq_len: int,
-                      max_target_len: int) -> dict:
-  """Teacher-forced training / scoring arrays with `targets` and `weights` on the target tokens + EOS."""
+                      max_target_len: int, prefix: bool = False) -> dict:
+  """Teacher-forced training / scoring arrays with `targets` and `weights` on the target tokens + EOS;
+  with prefix (decoder-only) also `prefix` on the prompt tokens."""
   inputs = prompts(sp, sources, family, seq_len, max_target_len)
+  prefix = prefix and family != "encoder_decoder"
   outputs = [x[:max_target_len] + [EOS_ID] for x in sp.encode(list(targets))]
   if family == "encoder_decoder":
     enc_tokens, enc_segments = _rows(inputs, seq_len)
@@ -73,9 +80,12 @@ def generation_arrays(sp, sources: list[str], targets: list[str], family: str, s
   targets = np.zeros_like(tokens)
   targets[:, :-1] = tokens[:, 1:]
   weights = np.zeros(tokens.shape, np.float32)
-  for row, (p, o) in zip(weights, zip(inputs, outputs)):
+  prefix_RL = np.zeros_like(tokens)
+  for row, mask, (p, o) in zip(weights, prefix_RL, zip(inputs, outputs)):
     row[len(p) - 1:len(p) - 1 + len(o)] = 1.0  # positions whose next token is a target token or EOS
-  return {"tokens": tokens, "segment_ids": segment_ids, "targets": targets, "weights": weights}
+    mask[:len(p)] = 1
+  arrays = {"tokens": tokens, "segment_ids": segment_ids, "targets": targets, "weights": weights}
+  return dict(arrays, prefix=prefix_RL) if prefix else arrays
 
 
 def num_examples(arrays: dict) -> int:

@@ -40,7 +40,8 @@ def predict_workdir(run_dir: str, texts: list[str]) -> list[dict]:
   evaluate = evaluators.for_task(cfg, trn, sp, task_info["kind"], label_names)
   if task_info["kind"] == "generation":
     return [{"output": text} for text in evaluate.generate(state.params, list(texts))]
-  arrays = inputs.classification_arrays(sp, list(texts), cfg.model.family, cfg.data.seq_len)
+  arrays = inputs.classification_arrays(sp, list(texts), cfg.model.family, cfg.data.seq_len,
+                                        prefix=task_config.prefix_input(cfg))
   probs = evaluate.probabilities(state.params, arrays)
   return [{"label": label_names[int(p.argmax())], "probabilities": dict(zip(label_names, map(float, p)))}
           for p in probs]

@@ -2,6 +2,7 @@
 summed over every process's batches, then loss, perplexity and accuracy per term."""
 
 import math
+from typing import Sequence
 
 import jax
 import numpy as np
@@ -11,11 +12,12 @@ from lmlab.objectives import losses
 from lmlab.train import partitioning
 
 
-def evaluate(trn, params, local_batches: list[dict], terms: tuple[losses.LossTerm, ...],
+def evaluate(trn, params, local_batches: Sequence[dict], terms: tuple[losses.LossTerm, ...],
              max_batches: int = 0) -> dict:
   """Weighted loss, perplexity and accuracy of each loss term (the objective's targets: next tokens,
   masked tokens...; next sentences) over the validation batches of every process; `local_batches` are
-  this process's share, `trn` a train.trainer.Trainer (its eval_step), max_batches 0: all."""
+  this process's share (a list, or data.pipeline.EvalBatches, which makes each batch when indexed), `trn` a
+  train.trainer.Trainer (its eval_step), max_batches 0: all."""
   count = len(local_batches)
   if jax.process_count() > 1:  # every process must run the same number of steps
     count = int(np.max(multihost_utils.process_allgather(np.asarray(count))))

@@ -66,8 +66,7 @@ def test_encoder_padding_is_ignored():
   np.testing.assert_allclose(a, b, atol=1e-6)
 
 
-@pytest.mark.parametrize("scan,positions", [(False, "rotary"), (True, "rotary"), (False, "relative"),
-                                            (True, "relative")])
+@pytest.mark.parametrize("scan,positions", [(False, "rotary"), (False, "relative"), (True, "relative")])
 def test_kv_cache_decoding_matches_full_forward(scan, positions):
   model = make(scan_layers=scan, positions=positions)
   params = init(make(positions=positions))

@@ -2,7 +2,6 @@
 path, resumable, checked, shared by concurrent preparers."""
 
 import concurrent.futures
-import multiprocessing
 import os
 
 import numpy as np
@@ -172,8 +171,10 @@ def _prepare_elsewhere(args):
 
 
 def test_concurrent_preparers_never_prepare_a_shard_twice(corpus):
+  """Two preparers of one split at once (threads: each opens its own lock files, and flock locks belong
+  to the open file, so they exclude each other as two processes or hosts would)."""
   tmp_path, tokenizer_path = corpus
-  with concurrent.futures.ProcessPoolExecutor(2, multiprocessing.get_context("spawn")) as pool:
+  with concurrent.futures.ThreadPoolExecutor(2) as pool:
     done = list(pool.map(_prepare_elsewhere, [(tmp_path, tokenizer_path)] * 2))
   prepared = [line.split(":")[0] for lines in done for line in lines]
   assert sorted(prepared) == [f"  shard {i}/6" for i in range(1, 7)]  # each exactly once, by one of them

@@ -1,6 +1,7 @@
 """Data layer: documents (TFDS or text files), the sentencepiece tokenizer, packing and tf.data batches.
 
-Importing this package registers the bundled `bbc_news` TFDS builder, so `tfds.load("bbc_news")` works.
+Importing this package registers the bundled `bbc_news` TFDS builder, so `tfds.load("bbc_news")` works,
+and `disfl_qa` (question answering, built from a manual directory).
 """
 
-from lmlab.data import bbc_news  # noqa: F401  (registers the TFDS builder)
+from lmlab.data import bbc_news, disfl_qa  # noqa: F401  (register the TFDS builders)

@@ -201,11 +201,11 @@ def test_a_prefix_lm_reads_task_inputs_as_its_prefix():
   model = models.build(cfg_for_prefix_classifier(), 64, num_classes=3, pooling="first")
   tokens = jnp.asarray([[2, 20, 21, 22, 3, 0]], jnp.int32)
   seg = (tokens > 0).astype(jnp.int32)
-  params = model.init(jax.random.PRNGKey(0), tokens, seg)
+  params = jax.jit(model.init)(jax.random.PRNGKey(0), tokens, seg)
   changed = tokens.at[0, 3].set(30)
-  run = lambda x, **kw: model.apply(params, x, seg, **kw)
-  assert np.allclose(run(tokens), run(changed))  # causal: the first token never sees token 3
-  assert not np.allclose(run(tokens, prefix_BL=seg), run(changed, prefix_BL=seg))
+  run = jax.jit(lambda x, prefix: model.apply(params, x, seg, prefix_BL=prefix))  # prefix 0: causal
+  assert np.allclose(run(tokens, 0 * seg), run(changed, 0 * seg))  # causal: the first token never sees token 3
+  assert not np.allclose(run(tokens, seg), run(changed, seg))
 
 
 def cfg_for_prefix_classifier():

@@ -191,8 +191,8 @@ def prepare(cfg):
     else:
       shards.prepare(tasks, FLAGS.workers)
     wall = time.perf_counter() - start
-    metas = [shards.read_meta(t) for t in tasks]
-    _, totals = shards.open_shards(tasks, verify=True)
+    metas = [shards.read_meta(t) for t in tasks]  # every run checks its shards' sizes and checksums
+    totals = shards.totals(metas)
     text_mb = totals["text_bytes"] / 1e6
     line = (f"split {split!r}: {len(tasks)} shard(s) in {tasks[0].directory}: {totals['num_docs']:,} documents, "
             f"{totals['num_tokens']:,} tokens from {text_mb:,.1f} MB of text")

@@ -41,13 +41,16 @@ def digest(value) -> str:
   return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def slug(text: str) -> str:
+  """`text` as a readable file-name part (keys beside it make names unique)."""
+  return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "_"
+
+
 def corpus_name(data_cfg) -> str:
-  """A readable directory name for the corpus (the key beside it makes it unique)."""
+  """A readable directory name for the corpus: the TFDS name, or the text files' folder."""
   if data_cfg.source == "tfds":
-    name = data_cfg.tfds_name
-  else:
-    name = os.path.basename(os.path.dirname(os.path.abspath(os.path.expanduser(data_cfg.text_glob)))) or "text"
-  return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "corpus"
+    return slug(data_cfg.tfds_name)
+  return slug(os.path.basename(os.path.dirname(os.path.abspath(os.path.expanduser(data_cfg.text_glob)))) or "text")
 
 
 @contextlib.contextmanager

@@ -67,9 +67,8 @@ def plan(data_cfg, split: str, tokenizer_path: str, process_count: int = 1) -> l
     tokenizer_sha = hashlib.sha256(f.read()).hexdigest()
   info = {"split": cache.split_identity(data_cfg, split), "tokenizer_sha256": tokenizer_sha,
           "num_shards": num_shards}
-  slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in split)
   directory = os.path.join(cache.cache_dir(data_cfg), "tokens", cache.corpus_name(data_cfg),
-                           f"{slug}-{cache.digest(info)}")
+                           f"{cache.slug(split)}-{cache.digest(info)}")
   if not os.path.exists(os.path.join(directory, "info.json")):
     _write_json(os.path.join(directory, "info.json"), info)
   data = data_cfg.to_dict() if isinstance(data_cfg, ml_collections.ConfigDict) else dict(data_cfg)
@@ -167,11 +166,16 @@ def read_meta(task: ShardTask) -> dict:
     return json.load(f)
 
 
+def totals(metas: list[dict]) -> dict:
+  """The summed counts of shards: num_tokens, num_docs, unknown_tokens, text_bytes."""
+  return {key: sum(m[key] for m in metas) for key in ("num_tokens", "num_docs", "unknown_tokens", "text_bytes")}
+
+
 def open_shards(tasks: list[ShardTask], verify: bool = True) -> tuple[Documents, dict]:
   """The prepared shards of `tasks` as one memory-mapped document stream, and their summed counts
   (num_tokens, num_docs, unknown_tokens, text_bytes). Checks each shard's file sizes (and with `verify`
   its checksums) and raises one DataError naming a damaged or missing file and the fix."""
-  pieces, totals = [], {"num_tokens": 0, "num_docs": 0, "unknown_tokens": 0, "text_bytes": 0}
+  pieces, metas = [], []
   for task in tasks:
     if not is_prepared(task):
       raise DataError(f"token shard {task.stem}.json is missing: the shard was never prepared; run "
@@ -190,9 +194,8 @@ def open_shards(tasks: list[ShardTask], verify: bool = True) -> tuple[Documents,
                         "again to prepare that shard anew.")
     pieces.append((_map(task.stem + ".tokens", dtype, meta["num_tokens"]),
                    _map(task.stem + ".starts", np.int64, meta["num_docs"] + 1)))
-    for key in totals:
-      totals[key] += meta[key]
-  return Documents(pieces), totals
+    metas.append(meta)
+  return Documents(pieces), totals(metas)
 
 
 def _map(path: str, dtype, count: int) -> np.ndarray:
@@ -237,9 +240,9 @@ def split_documents(cfg, split: str, tokenizer_path: str, process_index: int = 0
   (config.data.prepare_workers local processes), then mapped and checked."""
   tasks = process_block(plan(cfg.data, split, tokenizer_path, process_count), process_index, process_count)
   prepare(tasks, cfg.data.prepare_workers, out)
-  docs, totals = open_shards(tasks, cfg.data.verify_shards)
+  docs, counts = open_shards(tasks, cfg.data.verify_shards)
   if not docs.num_tokens:
     raise DataError(f"Split {split!r} has no documents for process {process_index} of {process_count} (shards "
                     f"{tasks[0].index + 1}-{tasks[-1].index + 1} of {tasks[0].num_shards} in {tasks[0].directory}); "
                     "use more data, a larger split or fewer config.data.num_shards.")
-  return docs, totals
+  return docs, counts

@@ -113,7 +113,7 @@ def relative_position_bucket(relative_position, bidirectional: bool, num_buckets
   return bucket + jnp.where(n < max_exact, n, jnp.minimum(large, num_buckets - 1))
 
 
-def relative_bias(module: nn.Module, cfg: "TransformerConfig", query_positions_BL, key_positions_BS,
+def relative_bias(module: nn.Module, cfg: TransformerConfig, query_positions_BL, key_positions_BS,
                   bidirectional: bool):
   """T5's relative position bias [B, H, L, S] (float32): one learned scalar per head and bucket, the
   module's `relative_bias` parameter, shared by all its layers and added to the self-attention logits."""

@@ -15,6 +15,8 @@ r"""lmlab's command line.
       array task per shard)
   python launch.py predict --workdir runs/finetune_topic_gpt_small --text "Shares rose..." [--input file]
       (a fine-tuned run's label with class probabilities, or its generated output; --input: one text per line)
+  python launch.py predict --workdir runs/finetune_disfl_qa_bert_small --context "..." --text "Who ...?"
+      (question answering: the answer to each question about the context, or no answer)
 
 Multi-host: start one process per host with --num_processes, --process_id and --coordinator_address
 (host:port of process 0); every process runs the same command. Under srun with several tasks
@@ -44,7 +46,9 @@ flags.DEFINE_integer("top_k", None, "sample: keep the k most likely tokens (0: o
 flags.DEFINE_float("top_p", None, "sample: nucleus probability mass (1: off).")
 flags.DEFINE_integer("beam_size", None, "sample: beams for beam search (0: sample).")
 flags.DEFINE_integer("seed", 0, "sample: random seed.")
-flags.DEFINE_multi_string("text", None, "predict: text(s) to classify or generate from.")
+flags.DEFINE_multi_string("text", None, "predict: text(s) to classify or generate from (question answering: "
+                          "questions about --context).")
+flags.DEFINE_string("context", None, "predict, question answering: the passage the questions are about.")
 flags.DEFINE_string("input", None, "predict: a UTF-8 file with one text per line.")
 flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0.")
 flags.DEFINE_integer("num_processes", 1, "Multi-host: number of processes.")
@@ -116,8 +120,11 @@ def predict():
       raise app.UsageError(f"--input {FLAGS.input} does not exist.")
     with open(FLAGS.input, encoding="utf-8") as f:
       texts += [line.strip() for line in f if line.strip()]
-  for text, result in zip(texts, predict_lib.predict_workdir(FLAGS.workdir, texts)):
+  for text, result in zip(texts, predict_lib.predict_workdir(FLAGS.workdir, texts, FLAGS.context)):
     shown = text if len(text) <= 80 else text[:77] + "..."
+    if "answer" in result:
+      print(f"{shown} -> {result['answer'] or '(no answer in the context)'}")
+      continue
     if "output" in result:
       print(f"{shown} -> {result['output']}")
       continue

@@ -33,7 +33,7 @@ from lmlab.sweeps import grid
 from lmlab.tasks import config as task_config
 
 TASKS = {"topic": "bbc_topic", "headline": "bbc_headline", "classification_file": "classification_file",
-         "generation_file": "generation_file"}
+         "generation_file": "generation_file", "disfl_qa": "disfl_qa", "squad": "squad"}
 # Architecture of from-scratch runs: (model.family, objective it is built for, rnn cell).
 FAMILIES = {"gpt": ("decoder", "causal_lm", "lstm"), "bert": ("encoder", "mlm", "lstm"),
             "t5": ("encoder_decoder", "span_corruption", "lstm"), "lstm": ("rnn", "causal_lm", "lstm"),
@@ -56,8 +56,13 @@ def get_config(arg=None):
   c.task.name = TASKS[opts.task]
   c.task.label_fraction = opts.fraction
   if opts.baseline:  # the task's non-neural baseline
-    c.finetune.baseline = "tfidf_svm" if task_config.TASKS[c.task.name] == "classification" else "lead"
+    c.finetune.baseline = {"classification": "tfidf_svm", "generation": "lead", "qa": "overlap"}[
+        task_config.TASKS[c.task.name]]
   c.finetune.freeze_body = opts.freeze
+  if task_config.TASKS[c.task.name] == "qa":
+    # ~22k context windows per epoch of disfl_qa at size=small: 500 updates (~0.7 epoch, ~10 minutes on
+    # 2 cores) and two evaluations, each decoding every validation window for the generating families.
+    c.train.num_steps, c.train.eval_every, c.finetune.epochs = 500, 250, 1.0
   if opts.size == "tiny":
     c.finetune.min_steps, c.finetune.epochs = 4, 0.1
     c.train.num_steps, c.train.eval_every, c.train.log_every = 8, 4, 4

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from launching import TINY, launch
+from launching import TINY, launch, write_bigbench_archive
 
 # The in-process tests compile hundreds of tiny programs that each run for milliseconds: LLVM's
 # optimizations cost more time than they save there (about 30% of the tier). The e2e tier's launch.py
@@ -37,6 +37,22 @@ def bbc_data_dir(tmp_path_factory):
   tfds.disable_progress_bar()
   tfds.builder("bbc_news", data_dir=data_dir).download_and_prepare()
   return data_dir
+
+
+@pytest.fixture(scope="session")
+def qa_data_dir(bbc_data_dir, tmp_path_factory):
+  """bbc_data_dir with disfl_qa also prepared, from a bigbench archive of launching.qa_examples() (3
+  articles, so 3 clusters)."""
+  import tensorflow_datasets as tfds
+
+  from lmlab.data import disfl_qa
+  manual = str(tmp_path_factory.mktemp("bigbench"))
+  write_bigbench_archive(manual)
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(disfl_qa, "NUM_ARTICLES", 3)
+    tfds.builder("disfl_qa", data_dir=bbc_data_dir).download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=manual))
+  return bbc_data_dir
 
 
 @pytest.fixture(scope="session")

@@ -96,3 +96,37 @@ def slurm_cluster_up() -> bool:
   if not up and os.environ.get("CI"):
     raise AssertionError("no Slurm cluster: .ci/run starts one with .ci/slurm.sh start")
   return up
+
+
+QA_TOPICS = {"river": "river water bank flow delta estuary", "moon": "moon orbit crater lunar tide apollo",
+             "bread": "bread flour yeast oven dough bake"}
+
+
+def qa_examples():
+  """A BIG-bench disfl_qa task.json's examples: 3 topics (articles) x 4 paragraphs x 3 questions, in its
+  tokenized text; the last question of each paragraph is unanswerable ("unknown")."""
+  examples = []
+  for topic, words in QA_TOPICS.items():
+    w = words.split()
+    for p in range(4):
+      context = f"The {w[0]} and the {w[1]} , {p} . A {w[2]} of {w[3]} ' s {w[4]} is 1 , 000 {w[5]} ."
+      examples.append({"input": f"What is the {w[0]} ?  \ncontext: {context}", "target": f"{w[0]} and the {w[1]}"})
+      examples.append({"input": f"How many {w[5]} no {w[4]} ?  \ncontext: {context}", "target": "1,000"})
+      examples.append({"input": f"Who is {p} ?  \ncontext: {context}", "target": "unknown"})
+  return examples
+
+
+def write_bigbench_archive(directory) -> str:
+  """bigbench-1.0.0.tar.gz holding only disfl_qa/task.json with qa_examples(), in `directory`."""
+  import tarfile
+
+  from lmlab.data import disfl_qa
+  os.makedirs(directory, exist_ok=True)
+  task = os.path.join(directory, "task.json.tmp")
+  with open(task, "w") as f:
+    json.dump({"name": "disfl_qa", "examples": qa_examples()}, f)
+  archive = os.path.join(directory, "bigbench-1.0.0.tar.gz")
+  with tarfile.open(archive, "w:gz") as tar:
+    tar.add(task, arcname=disfl_qa.ARCHIVE_MEMBER)
+  os.remove(task)
+  return archive

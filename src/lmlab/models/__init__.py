@@ -4,7 +4,8 @@ Decoder, encoder and recurrent families read the packed-row batch keys tokens / 
 (plus prefix for prefix LM and token_types for BERT pairs); the encoder-decoder reads encoder_* and
 decoder_inputs / decoder_* keys. All return a dict with float32 `logits` [B, L, V] ([B, T, V] for the
 encoder-decoder; and `nsp_logits` [B, 2] for mlm_nsp). With num_classes, `build` wraps the family's model
-in a heads.Classifier whose `logits` are class logits [B, C]. The ngram family has no Flax module (see
+in a heads.Classifier whose `logits` are class logits [B, C]; with span, in a heads.SpanExtractor whose
+`logits` are start and end logits [B, 2, L] (batch keys candidates and token_types). The ngram family has no Flax module (see
 models/ngram.py).
 
 Shape suffixes: B batch, L row length, T decoder target length, V vocabulary, C classes.
@@ -22,11 +23,13 @@ ENCDEC_INPUTS = ("encoder_tokens", "decoder_inputs", "encoder_segment_ids", "dec
                  "encoder_positions", "decoder_positions")
 
 
-def build(cfg, vocab_size: int, num_classes: int = 0, pooling: str = "last", freeze_body: bool = False
-          ) -> nn.Module:
+def build(cfg, vocab_size: int, num_classes: int = 0, pooling: str = "last", freeze_body: bool = False,
+          span: bool = False) -> nn.Module:
   """The Flax module of cfg.model.family with the options cfg.objective needs (its model_options, see
-  objectives/base.py); num_classes > 0: that module as the body of a classifier with the given pooling
-  (see models/heads.py)."""
+  objectives/base.py); num_classes > 0: that module as the body of a classifier with the given pooling,
+  span: as the body of a span extractor (see models/heads.py)."""
+  if span:
+    return heads.SpanExtractor(build(cfg, vocab_size), freeze_body, cfg.model.dropout_rate)
   if num_classes:
     return heads.Classifier(build(cfg, vocab_size), num_classes, pooling, freeze_body, cfg.model.dropout_rate)
   family, options = cfg.model.family, objectives.get(cfg.objective.name).model_options
@@ -54,6 +57,9 @@ def apply(model: nn.Module, variables, batch: dict, **kwargs) -> dict:
   if isinstance(model, encdec.EncoderDecoder):
     return {"logits": model.apply(variables, *(batch[key] for key in ENCDEC_INPUTS), **kwargs)}
   inputs = (batch["tokens"], batch.get("segment_ids"), batch.get("positions"))
+  if isinstance(model, heads.SpanExtractor):
+    return {"logits": model.apply(variables, *inputs, candidates_BL=batch["candidates"],
+                                  token_types_BL=batch.get("token_types"), **kwargs)}
   if isinstance(model, heads.Classifier):
     if "prefix" in batch:
       kwargs["prefix_BL"] = batch["prefix"]

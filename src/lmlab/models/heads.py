@@ -1,4 +1,5 @@
-"""Task heads on any family's body: a sequence classifier over pooled hidden states.
+"""Task heads on any family's body: a sequence classifier over pooled hidden states, and a span
+extractor (start / end logits per token) for extractive question answering.
 
 The body is the pretraining model itself (a Transformer, RecurrentLM or EncoderDecoder module), held as
 the submodule `body`, so its parameter tree is the pretrained one minus the language-model output layers
@@ -57,3 +58,38 @@ class Classifier(nn.Module):
     return nn.Dense(self.num_classes, kernel_init=nn.with_logical_partitioning(
         nn.initializers.normal(0.02), ("embed", None)),
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (None,)), name="head")(pooled_BD)
+
+
+class SpanExtractor(nn.Module):
+  """body -> hidden states [B, L, D] -> one linear layer -> start and end logits [B, 2, L] (BERT's SQuAD
+  head), float32, set very low outside candidates_BL (the columns where a span may start or end: the
+  context and column 0 for no answer). token_types_BL reach a body that has token-type embeddings."""
+  body: nn.Module
+  freeze_body: bool = False
+  dropout_rate: float = 0.0
+
+  @nn.compact
+  def __call__(self, tokens_BL, segment_ids_BL=None, positions_BL=None, *, candidates_BL=None,
+               token_types_BL=None, deterministic=True):
+    if segment_ids_BL is None:
+      segment_ids_BL = (tokens_BL != 0).astype(jnp.int32)
+    if isinstance(self.body, encdec.EncoderDecoder):
+      h_BLD = self.body.encode(tokens_BL, segment_ids_BL, positions_BL, deterministic=deterministic)
+    else:
+      extra = {}
+      if token_types_BL is not None and getattr(self.body.config, "num_token_types", 0):
+        extra["token_types_BL"] = token_types_BL
+      h_BLD = self.body(tokens_BL, segment_ids_BL, positions_BL, deterministic=deterministic, features=True,
+                        **extra)
+    h_BLD = h_BLD.astype(jnp.float32)
+    if self.freeze_body:
+      h_BLD = jax.lax.stop_gradient(h_BLD)
+    if self.dropout_rate > 0 and not deterministic:
+      h_BLD = nn.Dropout(self.dropout_rate)(h_BLD, deterministic=False)
+    logits_BL2 = nn.Dense(2, kernel_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), ("embed", None)),
+                          bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (None,)),
+                          name="head")(h_BLD)
+    logits_B2L = jnp.swapaxes(logits_BL2, 1, 2)
+    if candidates_BL is not None:
+      logits_B2L = jnp.where(candidates_BL[:, None, :] > 0, logits_B2L, -1e9)
+    return logits_B2L

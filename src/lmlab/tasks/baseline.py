@@ -1,7 +1,8 @@
 """The honest non-neural baselines, run in the fine-tuning harness (same task, split, label fraction and
 seed; same metrics.json): for classification TF-IDF word uni+bigrams and a linear SVM with C chosen on the
-validation set, for generation the lead (the first words of the source). A fine-tuned language model has
-to beat these to be worth its cost.
+validation set, for generation the lead (the first words of the source), for question answering the
+context sentence with the most words of the question (tasks/qa.py) and the constant no-answer. A
+fine-tuned language model has to beat these to be worth its cost.
 
 Shape suffixes: C classes.
 """
@@ -17,7 +18,7 @@ from sklearn.metrics import accuracy_score
 from sklearn.pipeline import Pipeline
 from sklearn.svm import LinearSVC
 
-from lmlab.tasks import metrics
+from lmlab.tasks import metrics, qa
 
 # A fitted TF-IDF + SVM is saved as plain data, never pickled (a pickle in a work directory received
 # from someone else could run code): the vocabulary and settings as JSON, the arrays as .npz.
@@ -139,6 +140,15 @@ def lead(sources: Sequence[str], num_words: int) -> list[str]:
 def fit_and_evaluate(cfg, task, run_dir: str, log) -> tuple[dict, list | None]:
   """Fits config.finetune.baseline on the task's training split; returns ({baseline, validation, test}
   for metrics.json, the test outputs of a generation baseline or None) and saves what predict needs."""
+  if task.kind == "qa":
+    method = cfg.finetune.baseline
+    log.print("Overlap baseline: the context sentence sharing the most words with the question" if method == "overlap"
+              else "No-answer baseline: every question is called unanswerable")
+    out = {"baseline": {"method": method}}
+    for name, split in (("validation", task.validation), ("test", task.test)):
+      outputs = qa_answers(method, split.contexts, split.texts)
+      out[name] = qa.qa_report(outputs, split.answers)
+    return out, outputs
   if cfg.finetune.baseline == "lead":
     words = lead_words(task.train.targets)
     log.print(f"Lead baseline: the first {words} words of each source (the median training target length)")
@@ -160,8 +170,18 @@ def fit_and_evaluate(cfg, task, run_dir: str, log) -> tuple[dict, list | None]:
   return out, None
 
 
-def predict(cfg, run_dir: str, texts: list[str], label_names: tuple[str, ...]) -> list[dict]:
-  """A finished baseline run's output per text: {"output"} (lead) or {"label", "scores"} (SVM)."""
+def qa_answers(method: str, contexts: list[str], questions: list[str]) -> list[str]:
+  if method == "overlap":
+    return [qa.overlap_baseline(c, q) for c, q in zip(contexts, questions)]
+  return [""] * len(questions)
+
+
+def predict(cfg, run_dir: str, texts: list[str], label_names: tuple[str, ...], context: str | None = None
+            ) -> list[dict]:
+  """A finished baseline run's output per text: {"output"} (lead), {"label", "scores"} (SVM), or
+  {"answer"} (question answering: each text is a question about `context`)."""
+  if cfg.finetune.baseline in ("overlap", "no_answer"):
+    return [{"answer": a} for a in qa_answers(cfg.finetune.baseline, [context] * len(texts), texts)]
   if cfg.finetune.baseline == "lead":
     with open(os.path.join(run_dir, "metrics.json")) as f:
       words = json.load(f)["baseline"]["words"]

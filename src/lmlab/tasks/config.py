@@ -15,13 +15,15 @@ from lmlab import config as config_lib
 from lmlab import objectives
 from lmlab.errors import ConfigError
 from lmlab.models import heads
-from lmlab.tasks import data
+from lmlab.tasks import data, qa_inputs
 
 TASKS = data.KINDS  # task name -> "classification" | "generation"
 POOLINGS = ("auto",) + heads.POOLINGS
 METRICS = {"classification": ("auto", "accuracy", "macro_f1", "loss"),
-           "generation": ("auto", "rougeL", "rouge1", "rouge2", "bleu", "loss")}
-BASELINES = {"tfidf_svm": "classification", "lead": "generation"}  # baseline -> the task kind it serves
+           "generation": ("auto", "rougeL", "rouge1", "rouge2", "bleu", "loss"),
+           "qa": ("auto", "f1", "exact_match", "loss")}
+# baseline -> the task kind it serves
+BASELINES = {"tfidf_svm": "classification", "lead": "generation", "overlap": "qa", "no_answer": "qa"}
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -34,7 +36,7 @@ def default_config() -> ml_collections.ConfigDict:
 
   c.task = t = ml_collections.ConfigDict()
   # bbc_topic (5-way topic classification), bbc_headline (article -> headline), classification_file
-  # or generation_file (the user's CSV / JSONL files below).
+  # or generation_file (the user's CSV / JSONL files below); disfl_qa or squad (question answering).
   t.name = "bbc_topic"
   # Fraction of the training examples kept (stratified by class, chosen by config.seed).
   t.label_fraction = 1.0
@@ -50,8 +52,15 @@ def default_config() -> ml_collections.ConfigDict:
   t.label_field = "label"
   t.source_field = "source"
   t.target_field = "target"
-  # Generation: target tokens (without EOS) trained on and generated at most.
+  # Generation (and generated answers): target tokens (without EOS) trained on and generated at most.
   t.max_target_len = 24
+  # Question answering (tasks/qa_inputs.py): the TFDS dataset ("": disfl_qa for disfl_qa, squad/v2.0 for
+  # squad); question tokens kept; context tokens between the starts of overlapping windows; the longest
+  # span (tokens) a span head may answer.
+  t.qa_tfds_name = ""
+  t.max_question_len = 32
+  t.doc_stride = 64
+  t.max_answer_len = 30
   # From-scratch runs: "corpus" keeps the tokenizer trained on config.data's corpus, as pretraining does
   # (so a scratch control differs from a pretrained run only in initialization); "task" trains one on all
   # of the task's training texts (not only the labelled fraction), with at most tokenizer.vocab_size pieces
@@ -84,8 +93,9 @@ def default_config() -> ml_collections.ConfigDict:
   # Generation: beam search with this many beams (0: greedy decoding), length penalty config.sample.length_penalty.
   f.beam_size = 0
   # A non-neural baseline on the same task instead of a neural model: "tfidf_svm" (TF-IDF + linear SVM,
-  # classification) or "lead" (the first words of the source, as many as the median training target;
-  # generation). "": none.
+  # classification), "lead" (the first words of the source, as many as the median training target;
+  # generation), "overlap" (the context sentence sharing the most words with the question) or "no_answer"
+  # (always "") for question answering. "": none.
   f.baseline = ""
 
   c.train.eval_every = 25
@@ -104,7 +114,7 @@ def metric(cfg) -> tuple[str, str]:
   """(validation metric name, "max" or "min") that selects the best checkpoint."""
   name = cfg.finetune.metric
   if name == "auto":
-    name = "accuracy" if kind(cfg) == "classification" else "rougeL"
+    name = {"classification": "accuracy", "generation": "rougeL", "qa": "f1"}[kind(cfg)]
   return name, "min" if name == "loss" else "max"
 
 
@@ -117,6 +127,12 @@ def pooling(cfg) -> str:
   if family == "encoder_decoder" or (family == "rnn" and _bidirectional(cfg)):
     return "mean"
   return "last"
+
+
+def qa_mode(cfg) -> str:
+  """How a model answers questions: "span" (extracts them: encoders and bidirectional rnns) or
+  "generation" (decoders, causal rnns and encoder-decoders write them)."""
+  return "span" if cfg.model.family == "encoder" or (cfg.model.family == "rnn" and _bidirectional(cfg)) else "generation"
 
 
 def prefix_input(cfg) -> bool:
@@ -228,7 +244,9 @@ def validate(cfg, num_devices: int | None = None, process_count: int = 1) -> Non
   if m.family == "ngram":
     raise ConfigError("config.model.family = 'ngram' has no parameters to fine-tune; use "
                       "config.finetune.baseline (tfidf_svm or lead) for a non-neural baseline.")
-  if task_kind == "generation":
+  if task_kind == "qa":
+    _validate_qa(cfg)
+  if task_kind == "generation" or (task_kind == "qa" and qa_mode(cfg) == "generation"):
     causal = m.family == "decoder" or (m.family == "rnn" and not _bidirectional(cfg))
     if not (causal or m.family == "encoder_decoder"):
       raise ConfigError(f"config.task.name = {t.name!r} generates text: it needs a decoder, causal rnn or "
@@ -236,8 +254,27 @@ def validate(cfg, num_devices: int | None = None, process_count: int = 1) -> Non
     if f.freeze_body:
       raise ConfigError("config.finetune.freeze_body = True leaves nothing to train on a generation task "
                         "(the language-model head is part of the body).")
-    if m.family != "encoder_decoder" and cfg.data.seq_len < t.max_target_len + 3 + 8:
+    if task_kind == "generation" and m.family != "encoder_decoder" and cfg.data.seq_len < t.max_target_len + 3 + 8:
       raise ConfigError(f"config.data.seq_len = {cfg.data.seq_len} leaves fewer than 8 source tokens beside "
                         f"config.task.max_target_len = {t.max_target_len}; lower max_target_len.")
   if t.max_target_len < 1:
     raise ConfigError(f"config.task.max_target_len = {t.max_target_len} must be >= 1.")
+
+
+def _validate_qa(cfg) -> None:
+  t = cfg.task
+  if not (t.max_question_len >= 1 and t.doc_stride >= 1 and t.max_answer_len >= 1):
+    raise ConfigError("config.task.max_question_len, doc_stride and max_answer_len must be >= 1.")
+  if t.name == "disfl_qa" and t.qa_tfds_name and not t.qa_tfds_name.startswith("disfl_qa"):
+    raise ConfigError(f"config.task.qa_tfds_name = {t.qa_tfds_name!r}: task disfl_qa reads the disfl_qa "
+                      "dataset; use task.name = 'squad' for SQuAD-format datasets.")
+  if cfg.finetune.baseline:
+    return
+  # A question of max_question_len tokens must leave room for a useful window of context.
+  budget = qa_inputs.question_budget(qa_mode(cfg), cfg.model.family, cfg.data.seq_len, t.max_question_len,
+                                     t.max_target_len)
+  if budget < 8:
+    raise ConfigError(f"config.data.seq_len = {cfg.data.seq_len} leaves {budget} context tokens per window "
+                      f"beside a question of config.task.max_question_len = {t.max_question_len} tokens"
+                      + ("" if qa_mode(cfg) == "span" else f" and an answer of config.task.max_target_len = "
+                         f"{t.max_target_len}") + "; lower those (at least 8 context tokens are needed).")

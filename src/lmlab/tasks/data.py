@@ -5,6 +5,11 @@ Tasks (config.task.name):
   bbc_headline         generation: an article's body -> its headline.
   classification_file  the user's CSV / JSONL files with a text and a label column.
   generation_file      the user's CSV / JSONL files with a source and a target column.
+  disfl_qa             question answering: a question about a context -> its answer ("" when the context
+                       does not answer it), the disfl_qa TFDS dataset (data/disfl_qa.py), split by article.
+  squad                the same task on TFDS `squad/v2.0` (or config.task.qa_tfds_name, e.g. squad/v1.1):
+                       its validation split is the test split, and validation is carved out of train by
+                       hashing the article title (validation_percent), so no article is in two splits.
 
 When config.task.validation_file / test_file are "", those splits are carved out of train_file by hashing
 the row's text (classification) or source (generation):
@@ -29,7 +34,9 @@ from lmlab.data import sources
 from lmlab.errors import DataError
 
 KINDS = {"bbc_topic": "classification", "bbc_headline": "generation",
-         "classification_file": "classification", "generation_file": "generation"}
+         "classification_file": "classification", "generation_file": "generation", "disfl_qa": "qa",
+         "squad": "qa"}
+QA_DATASETS = {"disfl_qa": "disfl_qa", "squad": "squad/v2.0"}  # task -> its TFDS dataset by default
 
 _SPLITS = ("train", "validation", "test")
 # Second word of the subset's seed: the run seed alone also seeds parameters and data order, and the
@@ -45,10 +52,15 @@ _EXTENSIONS = (".csv", ".jsonl")
 
 @dataclasses.dataclass
 class Split:
-  """The examples of one split; `labels` for classification, `targets` for generation."""
-  texts: list[str]  # model input text (classification text, or generation source)
+  """The examples of one split; `labels` for classification, `targets` for generation and question
+  answering (the first gold answer, "" for an unanswerable question), and for question answering also
+  the contexts, all gold answers and the first answer's character offset in its context (-1: none)."""
+  texts: list[str]  # model input text (classification text, generation source, or question)
   labels: np.ndarray | None  # int32 [R] label ids (classification), else None
-  targets: list[str] | None  # target strings (generation), else None
+  targets: list[str] | None  # target strings (generation, question answering), else None
+  contexts: list[str] | None = None  # question answering: the passage each question is about
+  answers: list[list[str]] | None = None  # question answering: every gold answer ([""]: unanswerable)
+  answer_starts: list[int] | None = None  # question answering: targets' character offset, -1 for ""
 
   def __len__(self) -> int:
     return len(self.texts)
@@ -99,6 +111,8 @@ def load_task(cfg) -> TaskData:
   kind = KINDS[task.name]
   if task.name in ("bbc_topic", "bbc_headline"):
     label_names, splits = _bbc_splits(cfg.data, task.name)
+  elif kind == "qa":
+    label_names, splits = (), _qa_splits(cfg)
   else:
     label_names, splits = _file_splits(task, kind)
   train = splits["train"]
@@ -110,9 +124,85 @@ def load_task(cfg) -> TaskData:
 
 def _take(split: Split, indices: np.ndarray) -> Split:
   """The examples of `split` at `indices`, in that order."""
-  return Split(texts=[split.texts[i] for i in indices],
-               labels=None if split.labels is None else split.labels[indices],
-               targets=None if split.targets is None else [split.targets[i] for i in indices])
+  pick = lambda values: None if values is None else [values[i] for i in indices]
+  return Split(texts=pick(split.texts), labels=None if split.labels is None else split.labels[indices],
+               targets=pick(split.targets), contexts=pick(split.contexts), answers=pick(split.answers),
+               answer_starts=pick(split.answer_starts))
+
+
+# Question answering (TFDS disfl_qa, squad).
+
+
+def qa_dataset(task) -> str:
+  return task.qa_tfds_name or QA_DATASETS[task.name]
+
+
+def _qa_splits(cfg) -> dict[str, Split]:
+  """disfl_qa: its train / validation / test splits; SQuAD-format datasets: train minus the articles
+  hashed into validation, and the dataset's validation split as test."""
+  name = qa_dataset(cfg.task)
+  builder = sources.tfds_builder(cfg.data, name=name, key="config.task.qa_tfds_name",
+                                 hint=("disfl_qa is built from BIG-bench's file: put bigbench-1.0.0.tar.gz "
+                                       "(from PyPI) in a directory and pass it as --config.data.tfds_manual_dir."
+                                       if name.startswith("disfl_qa") else ""))
+  features = builder.info.features
+  squad_like = "answers" in features and "title" in features
+  if not squad_like and "answer" not in features:
+    raise DataError(f"config.task.qa_tfds_name = {name!r} is not a question-answering dataset: it needs the "
+                    "features question, context and answer (disfl_qa) or answers + title (SQuAD); it has "
+                    f"{', '.join(features)}.")
+  if squad_like:
+    for split in ("train", "validation"):
+      if builder.info.splits and split not in builder.info.splits:  # (empty under tfds.testing.mock_data)
+        raise DataError(f"config.task.qa_tfds_name = {name!r} has no {split!r} split.")
+    train, titles = _qa_examples(builder, "train")
+    val_percent = cfg.task.validation_percent
+    to_val = np.array([_hash_split(t, val_percent, 0) == "validation" for t in titles], bool)
+    if not 0 < to_val.sum() < len(to_val):
+      raise DataError(f"config.task.validation_percent = {val_percent} leaves no article of {name!r} in "
+                      "validation or in train; use a value between 1 and 99.")
+    splits = {"train": _take(train, np.flatnonzero(~to_val)), "validation": _take(train, np.flatnonzero(to_val)),
+              "test": _qa_examples(builder, "validation")[0]}
+  else:
+    splits = {split: _qa_examples(builder, split)[0] for split in _SPLITS}
+  for split, examples in splits.items():
+    if not examples:
+      raise DataError(f"Split {split!r} of {name!r} has no examples.")
+  return splits
+
+
+def _qa_examples(builder, split: str) -> tuple[Split, list[str]]:
+  """The split's questions (and their titles: "" without a title feature)."""
+  features = builder.info.features
+  squad_like = "answers" in features
+  keys = ("question", "context") + (("answers", "title") if squad_like else ("answer", "answer_start"))
+  ds = builder.as_dataset(split=split, shuffle_files=False)
+  out = {"texts": [], "contexts": [], "answers": [], "answer_starts": []}
+  titles = []
+  for ex in tfds.as_numpy(ds):
+    ex = {k: ex[k] for k in keys}
+    context = ex["context"].decode("utf-8")
+    if squad_like:
+      golds = [a.decode("utf-8").strip() for a in ex["answers"]["text"]]
+      offsets = [int(x) for x in ex["answers"]["answer_start"]]
+      titles.append(ex["title"].decode("utf-8"))
+    else:
+      golds, offsets = [ex["answer"].decode("utf-8").strip()], [int(ex["answer_start"])]
+    golds, offsets = [g for g in golds if g], [o for g, o in zip(golds, offsets) if g]
+    start = _locate(context, golds[0], offsets[0]) if golds else -1
+    out["texts"].append(ex["question"].decode("utf-8").strip())
+    out["contexts"].append(context)
+    out["answers"].append(golds or [""])
+    out["answer_starts"].append(start)
+  return Split(labels=None, targets=[a[0] for a in out["answers"]], **out), titles
+
+
+def _locate(context: str, answer: str, offset: int) -> int:
+  """The answer's character offset in its context: the given one if the text is there, else its first
+  occurrence, else -1 (then the example teaches a span model nothing, but still counts in evaluation)."""
+  if context[offset:offset + len(answer)] == answer:
+    return offset
+  return context.find(answer)
 
 
 # bbc_news-like TFDS datasets.

@@ -13,13 +13,30 @@ from lmlab.data.tokenizer import EOS_ID
 from lmlab.decode import sampling, seq2seq
 from lmlab.objectives.base import TOKENS
 from lmlab.tasks import config as task_config
-from lmlab.tasks import data, inputs, metrics
+from lmlab.tasks import data, inputs, metrics, qa, qa_inputs
 from lmlab.train import partitioning
 from lmlab.train.evaluate import evaluate
 
 
+def qa_windows(cfg, sp, split: data.Split) -> qa_inputs.Windows:
+  t = cfg.task
+  return qa_inputs.make_windows(sp, split, task_config.qa_mode(cfg), cfg.model.family, cfg.data.seq_len,
+                                t.max_question_len, t.doc_stride, t.max_target_len, task_config.prefix_input(cfg))
+
+
+def task_arrays(cfg, sp, kind: str, split: data.Split) -> dict:
+  """A split's model arrays: one row per example (question answering: per context window)."""
+  family, seq_len, prefix = cfg.model.family, cfg.data.seq_len, task_config.prefix_input(cfg)
+  if kind == "classification":
+    return inputs.classification_arrays(sp, split.texts, family, seq_len, split.labels, prefix)
+  if kind == "generation":
+    return inputs.generation_arrays(sp, split.texts, split.targets, family, seq_len, cfg.task.max_target_len, prefix)
+  return qa_windows(cfg, sp, split).arrays
+
+
 class Evaluator:
-  """What both kinds share: a split's model arrays (built once per split) and this process's batches."""
+  """What every kind shares: a split's model arrays (built once per split) and this process's batches."""
+  kind = ""
 
   def __init__(self, cfg, trn, sp):
     """trn: the run's train.trainer.Trainer; sp: its tokenizer."""
@@ -32,7 +49,7 @@ class Evaluator:
     return self._arrays[id(split)]
 
   def make_arrays(self, split: data.Split) -> dict:
-    raise NotImplementedError
+    return task_arrays(self.cfg, self.sp, self.kind, split)
 
   def local_batches(self, arrays: dict) -> list[dict]:
     """This process's rows of every evaluation batch (padding rows have weight 0)."""
@@ -42,14 +59,11 @@ class Evaluator:
 
 class ClassificationEvaluator(Evaluator):
   """Accuracy, macro-F1, per-class precision / recall / F1, confusion matrix and mean loss."""
+  kind = "classification"
 
   def __init__(self, cfg, trn, sp, label_names: tuple[str, ...]):
     super().__init__(cfg, trn, sp)
     self.label_names = label_names
-
-  def make_arrays(self, split: data.Split) -> dict:
-    return inputs.classification_arrays(self.sp, split.texts, self.cfg.model.family, self.cfg.data.seq_len,
-                                        split.labels, task_config.prefix_input(self.cfg))
 
   def probabilities(self, params, arrays: dict) -> np.ndarray:
     """float [R, C] class probabilities of every example of `arrays`."""
@@ -69,30 +83,12 @@ class ClassificationEvaluator(Evaluator):
 
 class GenerationEvaluator(Evaluator):
   """ROUGE-1/2/L and BLEU of greedy (or beam) outputs, and the teacher-forced target loss / perplexity."""
-
-  def make_arrays(self, split: data.Split) -> dict:
-    cfg = self.cfg
-    return inputs.generation_arrays(self.sp, split.texts, split.targets, cfg.model.family, cfg.data.seq_len,
-                                    cfg.task.max_target_len, task_config.prefix_input(cfg))
+  kind = "generation"
 
   def generate(self, params, sources: list[str]) -> list[str]:
-    cfg, model = self.cfg, self.trn.model
+    cfg = self.cfg
     prompts = inputs.prompts(self.sp, sources, cfg.model.family, cfg.data.seq_len, cfg.task.max_target_len)
-    if cfg.model.family == "encoder_decoder":
-      # Padded to the full row: one compiled shape for every call.
-      prompts = [p + [0] * (cfg.data.seq_len - len(p)) for p in prompts]
-      outputs = seq2seq.generate(model, params, prompts, max_len=cfg.task.max_target_len + 1,
-                                 rng=jax.random.PRNGKey(cfg.seed), eos_id=EOS_ID, temperature=0.0,
-                                 beam_size=cfg.finetune.beam_size, alpha=cfg.sample.length_penalty)
-    elif cfg.finetune.beam_size:
-      outputs, _ = sampling.beam_search(model, params, prompts, max_new_tokens=cfg.task.max_target_len + 1,
-                                        eos_id=EOS_ID, beam_size=cfg.finetune.beam_size,
-                                        alpha=cfg.sample.length_penalty, prefix=task_config.prefix_input(cfg))
-    else:
-      outputs = sampling.sample(model, params, prompts, max_new_tokens=cfg.task.max_target_len + 1,
-                                rng=jax.random.PRNGKey(cfg.seed), temperature=0.0, eos_id=EOS_ID,
-                                prefix=task_config.prefix_input(cfg))
-    return [self.sp.decode([t for t in ids if t != EOS_ID]) for ids in outputs]
+    return [self.sp.decode(ids) for ids in decode(cfg, self.trn.model, params, prompts)]
 
   def __call__(self, params, split: data.Split, with_predictions: bool = False) -> dict:
     # Teacher-forced target loss and perplexity, as pretraining evaluates its targets.
@@ -100,6 +96,81 @@ class GenerationEvaluator(Evaluator):
     predictions = self.generate(params, split.texts)
     report = dict(metrics.generation_report(predictions, split.targets), loss=scores["loss"],
                   perplexity=scores["perplexity"])
+    if with_predictions:
+      report["predictions"] = predictions
+    return report
+
+
+def decode(cfg, model, params, prompts: list[list[int]]) -> list[list[int]]:
+  """Each prompt's output ids without EOS: greedy, or beam search with finetune.beam_size beams."""
+  if cfg.model.family == "encoder_decoder":
+    # Padded to the full row: one compiled shape for every call.
+    prompts = [p + [0] * (cfg.data.seq_len - len(p)) for p in prompts]
+    outputs = seq2seq.generate(model, params, prompts, max_len=cfg.task.max_target_len + 1,
+                               rng=jax.random.PRNGKey(cfg.seed), eos_id=EOS_ID, temperature=0.0,
+                               beam_size=cfg.finetune.beam_size, alpha=cfg.sample.length_penalty)
+  elif cfg.finetune.beam_size:
+    outputs, _ = sampling.beam_search(model, params, prompts, max_new_tokens=cfg.task.max_target_len + 1,
+                                      eos_id=EOS_ID, beam_size=cfg.finetune.beam_size,
+                                      alpha=cfg.sample.length_penalty, prefix=task_config.prefix_input(cfg))
+  else:
+    outputs = sampling.sample(model, params, prompts, max_new_tokens=cfg.task.max_target_len + 1,
+                              rng=jax.random.PRNGKey(cfg.seed), temperature=0.0, eos_id=EOS_ID,
+                              prefix=task_config.prefix_input(cfg))
+  return [[t for t in ids if t != EOS_ID] for ids in outputs]
+
+
+class QaEvaluator(Evaluator):
+  """Exact match and token F1 (SQuAD 2.0, tasks/qa.py) of the answers chosen over each question's context
+  windows (tasks/qa_inputs.py), by span extraction or generation, and the teacher-forced window loss."""
+
+  kind = "qa"
+  DECODE_CHUNK = 256  # windows decoded per call: one compiled shape for all but a split's last chunk
+
+  def make_arrays(self, split: data.Split) -> dict:
+    return self.windows(split).arrays
+
+  def windows(self, split: data.Split) -> qa_inputs.Windows:
+    key = ("windows", id(split))
+    if key not in self._arrays:
+      self._arrays[key] = qa_windows(self.cfg, self.sp, split)
+    return self._arrays[key]
+
+  def answers(self, params, split: data.Split) -> list[str]:
+    windows = self.windows(split)
+    if task_config.qa_mode(self.cfg) == "span":
+      logits = np.concatenate([np.asarray(self.trn.outputs(params, partitioning.global_batch(b, self.trn.mesh))["logits"])
+                               for b in self.local_batches(windows.arrays)])[:len(windows.example)]
+      return qa_inputs.span_answers(windows, split.contexts, logits, self.cfg.task.max_answer_len)
+    outputs = []
+    for at in range(0, len(windows.prompts), self.DECODE_CHUNK):
+      chunk = windows.prompts[at:at + self.DECODE_CHUNK]
+      padded = chunk + [chunk[0]] * (self.DECODE_CHUNK - len(chunk)) if at else chunk
+      outputs.extend(decode(self.cfg, self.trn.model, params, padded)[:len(chunk)])
+    # Scores: log p(output + EOS) of each window's answer, and log p(EOS first) for no answer.
+    answer_scores = self.log_probs(params, windows.prompts, [o + [EOS_ID] for o in outputs])
+    null_scores = self.log_probs(params, windows.prompts, [[EOS_ID]] * len(outputs))
+    answers, nulls = {}, {}
+    for i, ids, score, null in zip(windows.example, outputs, answer_scores, null_scores):
+      nulls[i] = min(nulls.get(i, np.inf), null)
+      text = self.sp.decode(ids).strip()
+      if text and score > answers.get(i, (-np.inf, ""))[0]:
+        answers[i] = score, text
+    return qa_inputs.choose(answers, nulls, len(split))
+
+  def log_probs(self, params, prompts: list[list[int]], outputs: list[list[int]]) -> np.ndarray:
+    """float [W]: log p(outputs | prompts) under teacher forcing."""
+    cfg = self.cfg
+    arrays = inputs.generation_rows(prompts, outputs, cfg.model.family, cfg.data.seq_len, cfg.task.max_target_len,
+                                    task_config.prefix_input(cfg))
+    scores = [np.asarray(self.trn.target_log_probs(params, partitioning.global_batch(b, self.trn.mesh)))
+              for b in self.local_batches(arrays)]
+    return np.concatenate(scores)[:len(prompts)]
+
+  def __call__(self, params, split: data.Split, with_predictions: bool = False) -> dict:
+    scores = evaluate(self.trn, params, self.local_batches(self.arrays(split)), (TOKENS,))
+    predictions = self.answers(params, split)
+    report = dict(qa.qa_report(predictions, split.answers), loss=scores["loss"])
     if with_predictions:
       report["predictions"] = predictions
     return report
@@ -115,6 +186,12 @@ def save_test_report(kind: str, report: dict, split: data.Split, predictions, ru
     return [metrics.format_classification(report)]
   if predictions is None:
     return []
+  if kind == "qa":
+    with open(os.path.join(run_dir, "test_predictions.jsonl"), "w") as f:
+      for question, answers, prediction in zip(split.texts, split.answers, predictions):
+        f.write(json.dumps({"question": question, "prediction": prediction, "answers": answers}) + "\n")
+    return [f"  question: {q}\n  answers: {' | '.join(a) or '(none)'}\n  predicted: {p or '(no answer)'}"
+            for q, a, p in list(zip(split.texts, split.answers, predictions))[:3]]
   with open(os.path.join(run_dir, "test_predictions.jsonl"), "w") as f:
     for source, target, prediction in zip(split.texts, split.targets, predictions):
       f.write(json.dumps({"prediction": prediction, "target": target, "source": source[:200]}) + "\n")
@@ -125,7 +202,7 @@ def for_task(cfg, trn, sp, kind: str, label_names: tuple[str, ...]) -> Evaluator
   """The evaluator of a task kind ("classification" or "generation")."""
   if kind == "classification":
     return ClassificationEvaluator(cfg, trn, sp, label_names)
-  return GenerationEvaluator(cfg, trn, sp)
+  return QaEvaluator(cfg, trn, sp) if kind == "qa" else GenerationEvaluator(cfg, trn, sp)
 
 
 def describe(report: dict) -> str:
@@ -133,4 +210,6 @@ def describe(report: dict) -> str:
   loss = f"loss {report['loss']:.4f} | " if "loss" in report else ""  # the SVM baseline has none
   if "accuracy" in report:
     return f"{loss}accuracy {report['accuracy']:.4f} | macro-F1 {report['macro_f1']:.4f}"
+  if "exact_match" in report:
+    return f"{loss}{qa.format_qa(report)}"
   return f"{loss}{metrics.format_generation(report)}"

@@ -27,7 +27,8 @@ from lmlab.train import checkpoint, logger, partitioning, signals, trainer, work
 
 
 def schedule_steps(cfg, num_train: int) -> tuple[int, int]:
-  """(updates, warmup updates) of a run on num_train examples: finetune.epochs over them, at least
+  """(updates, warmup updates) of a run on num_train training rows (examples; question answering: context
+  windows): finetune.epochs over them, at least
   finetune.min_steps and at most train.num_steps updates; warmup is finetune.warmup_fraction of them."""
   f = cfg.finetune
   steps = min(max(f.min_steps, math.ceil(f.epochs * num_train / cfg.data.batch_size)), cfg.train.num_steps)
@@ -126,7 +127,6 @@ def run(cfg, on_eval=None) -> dict:
       task_tokenizer = _task_tokenizer(cfg, task)  # and cfg.tokenizer.vocab_size set to its pieces
     else:
       sources.check(cfg.data)  # the tokenizer is trained on cfg.data's corpus
-  num_steps, warmup_steps = schedule_steps(cfg, len(task.train))
   run_dir = cfg.workdir or default_workdir(cfg)
   _check_unfinished(run_dir)
   with (workdir.run_in(cfg, run_dir, frozen=FROZEN_ON_RESUME) as run_dir, signals.StopRequests() as stop,
@@ -137,13 +137,13 @@ def run(cfg, on_eval=None) -> dict:
     path = os.path.join(run_dir, "tokenizer.model")
     if task_tokenizer is not None and jax.process_index() == 0 and not os.path.exists(path):
       tokenizer.save_model(path, task_tokenizer)
-    return _finetune(cfg, task, run_dir, num_steps, warmup_steps, stop, cleanup, start_time, on_eval)
+    return _finetune(cfg, task, run_dir, stop, cleanup, start_time, on_eval)
 
 
-def _finetune(cfg, task: data.TaskData, run_dir: str, num_steps: int, warmup_steps: int,
-              stop: signals.StopRequests, cleanup: contextlib.ExitStack, start_time: float, on_eval=None) -> dict:
+def _finetune(cfg, task: data.TaskData, run_dir: str, stop: signals.StopRequests, cleanup: contextlib.ExitStack,
+              start_time: float, on_eval=None) -> dict:
   metric_name, mode = task_config.metric(cfg)
-  log = logger.MetricsLogger(run_dir, num_steps, cfg.data.batch_size * cfg.data.seq_len)
+  log = logger.MetricsLogger(run_dir, 0, cfg.data.batch_size * cfg.data.seq_len)  # its length comes later
   log.print(f"Work directory: {os.path.abspath(run_dir)}")
   log.print(f"Task {task.name} ({task.kind}): {len(task.train):,} train examples (label fraction "
             f"{cfg.task.label_fraction} of {task.train_size_full:,}), {len(task.validation):,} validation, "
@@ -162,11 +162,16 @@ def _finetune(cfg, task: data.TaskData, run_dir: str, num_steps: int, warmup_ste
   sp = _tokenizer(cfg, run_dir)
   fix = ("The pretrained run's tokenizer does not cover this task's text: pretrain on text like it." if cfg.init_from
          else "Train the tokenizer on the task's own texts: --config.task.tokenizer=task.")
-  log.print(tokenizer.check_unknown_rate(tokenizer.unknown_rate(sp.encode(list(task.train.texts))),
+  texts = list(task.train.texts) + sorted(set(task.train.contexts or ()))
+  log.print(tokenizer.check_unknown_rate(tokenizer.unknown_rate(sp.encode(texts)),
                                          cfg.data.max_unknown_rate, "the task's training texts", fix))
   num_classes = len(task.label_names)
+  span = task.kind == "qa" and task_config.qa_mode(cfg) == "span"
+  train_arrays = evaluators.task_arrays(cfg, sp, task.kind, task.train)
+  num_steps, warmup_steps = schedule_steps(cfg, inputs.num_examples(train_arrays))
+  log.num_steps = num_steps
   trn = trainer.get_trainer(cfg, sp.vocab_size(), mesh, num_classes=num_classes, pooling=task_config.pooling(cfg),
-                            freeze_body=cfg.finetune.freeze_body, layer_decay=cfg.finetune.layer_decay,
+                            span=span, freeze_body=cfg.finetune.freeze_body, layer_decay=cfg.finetune.layer_decay,
                             num_steps=num_steps, warmup_steps=warmup_steps, loss_terms=(TOKENS,))
   better = (lambda a, b: a > b) if mode == "max" else (lambda a, b: a < b)
   # The latest state, saved at every evaluation (and on a stop signal), beside the keep-best checkpoints:
@@ -182,11 +187,12 @@ def _finetune(cfg, task: data.TaskData, run_dir: str, num_steps: int, warmup_ste
     log.print("Training from scratch (config.init_from = None)")
   start_step = int(jax.device_get(state.step))
   best_value, stale = _replay_evaluations(run_dir, start_step, metric_name, better)
-  log.print(f"Model: {cfg.model.family} ({task_config.pooling(cfg) + ' pooling, ' if num_classes else ''}"
-            f"{trn.param_count():,} parameters); {num_steps} steps of {cfg.data.batch_size}")
+  head = f"{task_config.pooling(cfg)} pooling, " if num_classes else ("span head, " if span else "")
+  windows = f" over {inputs.num_examples(train_arrays):,} context windows" if task.kind == "qa" else ""
+  log.print(f"Model: {cfg.model.family} ({head}"
+            f"{trn.param_count():,} parameters); {num_steps} steps of {cfg.data.batch_size}{windows}")
   evaluate = evaluators.for_task(cfg, trn, sp, task.kind, task.label_names)
-  train_arrays = evaluate.arrays(task.train)
-  order = inputs.train_order(len(task.train), cfg.data.batch_size, num_steps, cfg.seed)
+  order = inputs.train_order(inputs.num_examples(train_arrays), cfg.data.batch_size, num_steps, cfg.seed)
   manager = checkpoint.close_on_exit(cleanup, checkpoint.make_manager(run_dir, cfg.finetune.keep_best, metric_name,
                                                                      mode))
 

@@ -19,7 +19,7 @@ from lmlab.data.tokenizer import BOS_ID, CLS_ID, EOS_ID, SEP_ID
 I32 = np.int32
 
 
-def _rows(sequences: list[list[int]], length: int) -> tuple[np.ndarray, np.ndarray]:
+def pad_rows(sequences: list[list[int]], length: int) -> tuple[np.ndarray, np.ndarray]:
   """(tokens [R, length], segment_ids [R, length]): zero padded; segment 1 on real tokens."""
   tokens = np.zeros((len(sequences), length), I32)
   for row, seq in zip(tokens, sequences):
@@ -41,7 +41,7 @@ def classification_arrays(sp, texts: list[str], family: str, seq_len: int, label
     seqs = [x[:seq_len - 1] + [EOS_ID] for x in ids]
   else:
     seqs = [[BOS_ID] + x[:seq_len - 2] + [EOS_ID] for x in ids]
-  tokens, segment_ids = _rows(seqs, seq_len)
+  tokens, segment_ids = pad_rows(seqs, seq_len)
   targets = np.zeros(len(seqs), I32) if labels is None else np.asarray(labels, I32)
   arrays = {"tokens": tokens, "segment_ids": segment_ids, "targets": targets,
             "weights": np.ones(len(seqs), np.float32)}
@@ -59,14 +59,21 @@ def prompts(sp, sources: list[str], family: str, seq_len: int, max_target_len: i
 
 def generation_arrays(sp, sources: list[str], targets: list[str], family: str, seq_len: int,
                       max_target_len: int, prefix: bool = False) -> dict:
-  """Teacher-forced training / scoring arrays with `targets` and `weights` on the target tokens + EOS;
-  with prefix (decoder-only) also `prefix` on the prompt tokens."""
-  inputs = prompts(sp, sources, family, seq_len, max_target_len)
-  prefix = prefix and family != "encoder_decoder"
+  """Teacher-forced training / scoring arrays of (source, target) texts; see generation_rows."""
   outputs = [x[:max_target_len] + [EOS_ID] for x in sp.encode(list(targets))]
+  return generation_rows(prompts(sp, sources, family, seq_len, max_target_len), outputs, family, seq_len,
+                         max_target_len, prefix)
+
+
+def generation_rows(inputs: list[list[int]], outputs: list[list[int]], family: str, seq_len: int,
+                    max_target_len: int, prefix: bool = False) -> dict:
+  """Arrays for decoding inputs (prompts) and their outputs (target ids + EOS, at most max_target_len + 1),
+  with `targets` and `weights` on the output tokens; with prefix (decoder-only) also `prefix` on the
+  prompt tokens."""
+  prefix = prefix and family != "encoder_decoder"
   if family == "encoder_decoder":
-    enc_tokens, enc_segments = _rows(inputs, seq_len)
-    dec_targets, dec_segments = _rows(outputs, max_target_len + 1)
+    enc_tokens, enc_segments = pad_rows(inputs, seq_len)
+    dec_targets, dec_segments = pad_rows(outputs, max_target_len + 1)
     dec_inputs = np.zeros_like(dec_targets)
     dec_inputs[:, 0] = BOS_ID
     dec_inputs[:, 1:] = dec_targets[:, :-1]
@@ -76,7 +83,7 @@ def generation_arrays(sp, sources: list[str], targets: list[str], family: str, s
             "encoder_positions": positions(enc_tokens), "decoder_inputs": dec_inputs,
             "decoder_segment_ids": dec_segments, "decoder_positions": positions(dec_inputs),
             "targets": dec_targets, "weights": dec_segments.astype(np.float32)}
-  tokens, segment_ids = _rows([p + o for p, o in zip(inputs, outputs)], seq_len)
+  tokens, segment_ids = pad_rows([p + o for p, o in zip(inputs, outputs)], seq_len)
   targets = np.zeros_like(tokens)
   targets[:, :-1] = tokens[:, 1:]
   weights = np.zeros(tokens.shape, np.float32)

@@ -83,3 +83,10 @@ def eval_step(params, batch, *, model, terms: tuple[losses.LossTerm, ...]):
   """Loss sums of every term (loss, weight, correct predictions) over the real targets."""
   outputs = models.apply(model, {"params": params}, batch, deterministic=True)
   return losses.loss_sums(outputs, batch, terms)
+
+
+def target_log_probs(params, batch, *, model):
+  """float32 [B]: each row's sum of log p(target) over its weighted target positions."""
+  logits = models.apply(model, {"params": params}, batch, deterministic=True)["logits"].astype(jnp.float32)
+  log_p = jnp.take_along_axis(jax.nn.log_softmax(logits), batch["targets"][..., None], axis=-1)[..., 0]
+  return jnp.sum((log_p * batch["weights"]).reshape(log_p.shape[0], -1), axis=1)

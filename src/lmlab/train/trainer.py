@@ -31,18 +31,19 @@ class Trainer:
   """
 
   def __init__(self, cfg, vocab_size: int, mesh, *, num_classes: int = 0, pooling: str = "last",
-               freeze_body: bool = False, layer_decay: float = 1.0, num_steps: int | None = None,
+               span: bool = False, freeze_body: bool = False, layer_decay: float = 1.0, num_steps: int | None = None,
                warmup_steps: int | None = None, loss_terms: tuple[LossTerm, ...] | None = None):
-    """num_classes > 0: the family's model as the body of a classifier (models.build); layer_decay and
+    """num_classes > 0 / span: the family's model as the body of a classifier / span extractor
+    (models.build); layer_decay and
     freeze_body: per-layer learning rates (optimizer.layer_lr_scales); num_steps / warmup_steps: the
     schedule's length (default cfg.train.num_steps, cfg.optim.warmup_steps); loss_terms: default the
     objective's, the task's targets alone (TOKENS) for a classifier."""
     self.mesh, self.seq_len = mesh, cfg.data.seq_len
-    self.model = models.build(cfg, vocab_size, num_classes, pooling, freeze_body)
+    self.model = models.build(cfg, vocab_size, num_classes, pooling, freeze_body, span)
     num_steps = cfg.train.num_steps if num_steps is None else num_steps
     warmup_steps = cfg.optim.warmup_steps if warmup_steps is None else warmup_steps
     if loss_terms is None:
-      loss_terms = (TOKENS,) if num_classes else objectives.get(cfg.objective.name).loss_terms(cfg)
+      loss_terms = (TOKENS,) if num_classes or span else objectives.get(cfg.objective.name).loss_terms(cfg)
     self.schedule = optimizer.learning_rate_schedule(cfg.optim, num_steps, warmup_steps)
     rows = cfg.data.batch_size // cfg.optim.grad_accum_steps
     self._dummy_inputs = models.dummy_inputs(self.model, rows, cfg.data.seq_len)
@@ -78,6 +79,10 @@ class Trainer:
     # The model's outputs (logits, ...) on a batch: classification and decoding read them directly.
     self.outputs = jax.jit(lambda params, batch: models.apply(self.model, {"params": params}, batch),
                            in_shardings=(self.state_sharding.params, batch_sharding), out_shardings=replicated)
+    # Per row: the summed log-probability of its weighted targets (scoring generated outputs).
+    self.target_log_probs = jax.jit(functools.partial(step.target_log_probs, model=self.model),
+                                    in_shardings=(self.state_sharding.params, batch_sharding),
+                                    out_shardings=replicated)
     self.fresh_state = jax.jit(lambda params: step.new_state(params, self.tx), out_shardings=self.state_sharding)
 
   def _init_params(self, rng):

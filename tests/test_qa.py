@@ -13,7 +13,7 @@ from launching import QA_TOPICS, capture, experiment_config, qa_examples, write_
 from lmlab import config as config_lib
 from lmlab.data import disfl_qa, tokenizer
 from lmlab.data.tokenizer import BOS_ID, CLS_ID, EOS_ID, SEP_ID
-from lmlab.errors import ConfigError
+from lmlab.errors import ConfigError, DataError
 from lmlab.tasks import config as task_config
 from lmlab.tasks import data, finetune, predict, qa, qa_inputs
 
@@ -221,3 +221,18 @@ def test_qa_config_errors():
   cfg = experiment_config("finetune.py:size=tiny,task=disfl_qa", **{"task.qa_tfds_name": "squad/v1.1"})
   with pytest.raises(ConfigError, match="use task.name = 'squad'"):
     task_config.validate(cfg, 1)
+
+
+def test_disfl_qa_is_prepared_from_the_manual_dir_or_one_error(tmp_path, monkeypatch):
+  """The README's path: --config.data.tfds_manual_dir holding the bigbench archive."""
+  monkeypatch.setattr(disfl_qa, "NUM_ARTICLES", 3)
+  cfg = experiment_config("finetune.py:size=tiny,task=disfl_qa", **{"data.tfds_data_dir": str(tmp_path / "tfds")})
+  with pytest.raises(DataError, match="bigbench-1.0.0.tar.gz .from PyPI. in a directory"):
+    data.load_task(cfg)  # not prepared, no manual directory: an error, not a download attempt
+  cfg.data.tfds_manual_dir = str(tmp_path / "empty")
+  with pytest.raises(DataError, match="cannot be prepared from config.data.tfds_manual_dir"):
+    data.load_task(cfg)
+  write_bigbench_archive(tmp_path / "bigbench")
+  cfg.data.tfds_manual_dir = str(tmp_path / "bigbench")
+  task = data.load_task(cfg)
+  assert len(task.train) + len(task.validation) + len(task.test) == 36

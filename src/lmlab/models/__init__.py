@@ -5,8 +5,8 @@ Decoder, encoder and recurrent families read the packed-row batch keys tokens / 
 decoder_inputs / decoder_* keys. All return a dict with float32 `logits` [B, L, V] ([B, T, V] for the
 encoder-decoder; and `nsp_logits` [B, 2] for mlm_nsp). With num_classes, `build` wraps the family's model
 in a heads.Classifier whose `logits` are class logits [B, C]; with span, in a heads.SpanExtractor whose
-`logits` are start and end logits [B, 2, L] (batch keys candidates and token_types). The ngram family has no Flax module (see
-models/ngram.py).
+`logits` are start and end logits [B, 2, L] (batch keys candidates and token_types). The ngram family has
+no Flax module (see models/ngram.py).
 
 Shape suffixes: B batch, L row length, T decoder target length, V vocabulary, C classes.
 """

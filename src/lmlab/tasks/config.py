@@ -132,7 +132,8 @@ def pooling(cfg) -> str:
 def qa_mode(cfg) -> str:
   """How a model answers questions: "span" (extracts them: encoders and bidirectional rnns) or
   "generation" (decoders, causal rnns and encoder-decoders write them)."""
-  return "span" if cfg.model.family == "encoder" or (cfg.model.family == "rnn" and _bidirectional(cfg)) else "generation"
+  extracts = cfg.model.family == "encoder" or (cfg.model.family == "rnn" and _bidirectional(cfg))
+  return "span" if extracts else "generation"
 
 
 def prefix_input(cfg) -> bool:

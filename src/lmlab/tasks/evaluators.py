@@ -51,6 +51,12 @@ class Evaluator:
   def make_arrays(self, split: data.Split) -> dict:
     return task_arrays(self.cfg, self.sp, self.kind, split)
 
+  def logits(self, params, arrays: dict) -> np.ndarray:
+    """The model's `logits` for every row of `arrays` (every process gets all of them)."""
+    out = [np.asarray(self.trn.outputs(params, partitioning.global_batch(b, self.trn.mesh))["logits"])
+           for b in self.local_batches(arrays)]
+    return np.concatenate(out)[:inputs.num_examples(arrays)]
+
   def local_batches(self, arrays: dict) -> list[dict]:
     """This process's rows of every evaluation batch (padding rows have weight 0)."""
     return [inputs.take(arrays, inputs.local_rows(index, jax.process_index(), jax.process_count()))
@@ -67,10 +73,7 @@ class ClassificationEvaluator(Evaluator):
 
   def probabilities(self, params, arrays: dict) -> np.ndarray:
     """float [R, C] class probabilities of every example of `arrays`."""
-    logits = np.concatenate([np.asarray(self.trn.outputs(params, partitioning.global_batch(b, self.trn.mesh))["logits"])
-                             for b in self.local_batches(arrays)])
-    logits = logits[:inputs.num_examples(arrays)]
-    return np.asarray(jax.nn.softmax(logits, axis=-1))
+    return np.asarray(jax.nn.softmax(self.logits(params, arrays), axis=-1))
 
   def __call__(self, params, split: data.Split, with_predictions: bool = False) -> dict:
     probs = self.probabilities(params, self.arrays(split))
@@ -139,8 +142,7 @@ class QaEvaluator(Evaluator):
   def answers(self, params, split: data.Split) -> list[str]:
     windows = self.windows(split)
     if task_config.qa_mode(self.cfg) == "span":
-      logits = np.concatenate([np.asarray(self.trn.outputs(params, partitioning.global_batch(b, self.trn.mesh))["logits"])
-                               for b in self.local_batches(windows.arrays)])[:len(windows.example)]
+      logits = self.logits(params, windows.arrays)
       return qa_inputs.span_answers(windows, split.contexts, logits, self.cfg.task.max_answer_len)
     outputs = []
     for at in range(0, len(windows.prompts), self.DECODE_CHUNK):

@@ -31,8 +31,9 @@ class Trainer:
   """
 
   def __init__(self, cfg, vocab_size: int, mesh, *, num_classes: int = 0, pooling: str = "last",
-               span: bool = False, freeze_body: bool = False, layer_decay: float = 1.0, num_steps: int | None = None,
-               warmup_steps: int | None = None, loss_terms: tuple[LossTerm, ...] | None = None):
+               span: bool = False, freeze_body: bool = False, layer_decay: float = 1.0,
+               num_steps: int | None = None, warmup_steps: int | None = None,
+               loss_terms: tuple[LossTerm, ...] | None = None):
     """num_classes > 0 / span: the family's model as the body of a classifier / span extractor
     (models.build); layer_decay and
     freeze_body: per-layer learning rates (optimizer.layer_lr_scales); num_steps / warmup_steps: the

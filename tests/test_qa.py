@@ -15,7 +15,8 @@ from lmlab.data import disfl_qa, tokenizer
 from lmlab.data.tokenizer import BOS_ID, CLS_ID, EOS_ID, SEP_ID
 from lmlab.errors import ConfigError, DataError
 from lmlab.tasks import config as task_config
-from lmlab.tasks import data, finetune, predict, qa, qa_inputs
+from lmlab.tasks import data, evaluators, finetune, predict, qa, qa_inputs
+from lmlab.train import partitioning
 
 
 def test_squad_normalization_exact_match_and_f1_by_hand():
@@ -236,3 +237,27 @@ def test_disfl_qa_is_prepared_from_the_manual_dir_or_one_error(tmp_path, monkeyp
   cfg.data.tfds_manual_dir = str(tmp_path / "bigbench")
   task = data.load_task(cfg)
   assert len(task.train) + len(task.validation) + len(task.test) == 36
+
+
+def test_generated_answers_are_scored_and_chosen_across_windows(sp, monkeypatch):
+  """The generation path of QaEvaluator.answers with a stand-in model: answers that never produced EOS are
+  cut to max_target_len, each window's answer is scored against the no-answer score, and the best wins."""
+  cfg = experiment_config("finetune.py:size=tiny,task=disfl_qa,family=gpt", **{"data.seq_len": 40})
+  split = qa_split(qa_examples()[:3])
+  long_answer = sp.encode("river river river river river river river river river river")
+  monkeypatch.setattr(evaluators, "decode", lambda cfg, model, params, prompts: [long_answer for _ in prompts])
+
+  class Model:  # log p(output) = -(its length); no-answer = -1 except in the first question's windows
+    mesh = partitioning.data_parallel_mesh()
+    model = None
+
+    def target_log_probs(self, params, batch):
+      weights = np.asarray(batch["weights"])
+      no_answer = weights.sum(1) == 1
+      return np.where(no_answer, np.where(np.asarray(batch["tokens"])[:, 1] == sp.encode("What")[0], -50, -1),
+                      -weights.sum(1))
+
+  evaluator = evaluators.QaEvaluator(cfg, Model(), sp)
+  answers = evaluator.answers(None, split)
+  cut = sp.decode(long_answer[:cfg.task.max_target_len])
+  assert answers == [cut, "", ""] and len(long_answer) > cfg.task.max_target_len

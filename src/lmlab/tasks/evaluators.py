@@ -148,7 +148,9 @@ class QaEvaluator(Evaluator):
     for at in range(0, len(windows.prompts), self.DECODE_CHUNK):
       chunk = windows.prompts[at:at + self.DECODE_CHUNK]
       padded = chunk + [chunk[0]] * (self.DECODE_CHUNK - len(chunk)) if at else chunk
-      outputs.extend(decode(self.cfg, self.trn.model, params, padded)[:len(chunk)])
+      # An answer that ran out of room (no EOS in max_target_len + 1 tokens) is cut to the trained length.
+      decoded = decode(self.cfg, self.trn.model, params, padded)[:len(chunk)]
+      outputs.extend(ids[:self.cfg.task.max_target_len] for ids in decoded)
     # Scores: log p(output + EOS) of each window's answer, and log p(EOS first) for no answer.
     answer_scores = self.log_probs(params, windows.prompts, [o + [EOS_ID] for o in outputs])
     null_scores = self.log_probs(params, windows.prompts, [[EOS_ID]] * len(outputs))

@@ -165,14 +165,30 @@ def test_span_answers_follow_the_logits_and_the_no_answer_rule(sp):
   logits_W2L = np.zeros((len(w.example), 2, 24))
   for r, (s, e) in enumerate(w.arrays["targets"]):  # each window votes for its target span, or [CLS]
     logits_W2L[r, 0, s] = logits_W2L[r, 1, e] = 10.0
-  answers = qa_inputs.span_answers(w, split.contexts, logits_W2L, max_answer_len=30)
+  texts, margins = qa_inputs.span_candidates(w, split.contexts, logits_W2L, max_answer_len=30)
+  answers = qa_inputs.choose(texts, margins)
   assert answers == split.targets and "" in answers
+  assert all(m == 20.0 for m, t in zip(margins, split.targets) if t)  # span 10 + 10 over [CLS] 0 + 0
+  assert qa_inputs.choose(texts, margins, threshold=20.5) == [""] * len(split)
   # A span longer than max_answer_len tokens is never chosen.
   start_L, end_L = np.zeros(12), np.zeros(12)
   start_L[3], end_L[9], end_L[4] = 5.0, 5.0, 1.0
   assert qa_inputs.best_span(start_L, end_L, 2, 11, max_answer_len=30) == (10.0, 3, 9)
   assert qa_inputs.best_span(start_L, end_L, 2, 11, max_answer_len=3) == (6.0, 3, 4)
-  assert qa_inputs.choose({0: (1.0, "x"), 1: (1.0, "y")}, {0: 2.0, 1: 0.5}, 3) == ["", "y", ""]
+  texts, margins = qa_inputs.candidates({0: (1.0, "x"), 1: (1.0, "y")}, {0: 2.0, 1: 0.5}, 3)
+  assert texts == ["x", "y", ""] and list(margins) == [-1.0, 0.5, -np.inf]
+  assert qa_inputs.choose(texts, margins) == ["", "y", ""]
+
+
+def test_best_threshold_maximizes_f1_like_the_squad2_script():
+  golds = [["cat"], ["dog"], [""], [""]]
+  # Margins: right answers at 2.0 and -1.0, wrong ones (questions without answer) at 0.5 and -3.0.
+  candidates, margins = ["cat", "dog", "bird", "fish"], np.array([2.0, -1.0, 0.5, -3.0])
+  # Threshold -1.0 answers cat, dog, bird: F1 3/4 (bird wrong); 0.5: cat, bird: 2/4; 2.0: cat only: 3/4;
+  # the tie goes to the threshold nearest 0.
+  assert qa.best_threshold(candidates, margins, golds) == -1.0
+  assert qa.best_threshold(["bird"], np.array([1.0]), [[""]]) == 2.0  # never answer: largest margin + 1
+  assert qa.best_threshold([""], np.array([-np.inf]), [["x"]]) == 0.0  # no candidates
 
 
 def test_qa_tasks_read_disfl_qa_and_squad_format(qa_data_dir, tmp_path):

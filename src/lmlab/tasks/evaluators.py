@@ -130,6 +130,12 @@ class QaEvaluator(Evaluator):
   kind = "qa"
   DECODE_CHUNK = 256  # windows decoded per call: one compiled shape for all but a split's last chunk
 
+  def __init__(self, cfg, trn, sp, validation: data.Split | None = None, threshold: float = 0.0):
+    """validation: the split whose every evaluation re-tunes the null threshold (qa.best_threshold) used
+    for the other splits; threshold: the one to start from (a finished run's, when predicting)."""
+    super().__init__(cfg, trn, sp)
+    self.validation, self.threshold = validation, threshold
+
   def make_arrays(self, split: data.Split) -> dict:
     return self.windows(split).arrays
 
@@ -140,10 +146,15 @@ class QaEvaluator(Evaluator):
     return self._arrays[key]
 
   def answers(self, params, split: data.Split) -> list[str]:
+    """The answer to each question ("" for none) at the evaluator's null threshold."""
+    return qa_inputs.choose(*self.candidates(params, split), self.threshold)
+
+  def candidates(self, params, split: data.Split) -> tuple[list[str], np.ndarray]:
+    """Each question's candidate answer and its margin over no answer (tasks/qa_inputs.py)."""
     windows = self.windows(split)
     if task_config.qa_mode(self.cfg) == "span":
       logits = self.logits(params, windows.arrays)
-      return qa_inputs.span_answers(windows, split.contexts, logits, self.cfg.task.max_answer_len)
+      return qa_inputs.span_candidates(windows, split.contexts, logits, self.cfg.task.max_answer_len)
     outputs = []
     for at in range(0, len(windows.prompts), self.DECODE_CHUNK):
       chunk = windows.prompts[at:at + self.DECODE_CHUNK]
@@ -160,7 +171,7 @@ class QaEvaluator(Evaluator):
       text = self.sp.decode(ids).strip()
       if text and score > answers.get(i, (-np.inf, ""))[0]:
         answers[i] = score, text
-    return qa_inputs.choose(answers, nulls, len(split))
+    return qa_inputs.candidates(answers, nulls, len(split))
 
   def log_probs(self, params, prompts: list[list[int]], outputs: list[list[int]]) -> np.ndarray:
     """float [W]: log p(outputs | prompts) under teacher forcing."""
@@ -172,9 +183,15 @@ class QaEvaluator(Evaluator):
     return np.concatenate(scores)[:len(prompts)]
 
   def __call__(self, params, split: data.Split, with_predictions: bool = False) -> dict:
+    """EM / F1 at the null threshold (tuned first when `split` is the validation split), and at 0."""
     scores = evaluate(self.trn, params, self.local_batches(self.arrays(split)), (TOKENS,))
-    predictions = self.answers(params, split)
-    report = dict(qa.qa_report(predictions, split.answers), loss=scores["loss"])
+    texts, margins = self.candidates(params, split)
+    if split is self.validation:
+      self.threshold = qa.best_threshold(texts, margins, split.answers)
+    predictions = qa_inputs.choose(texts, margins, self.threshold)
+    untuned = qa.qa_report(qa_inputs.choose(texts, margins, 0.0), split.answers)
+    report = dict(qa.qa_report(predictions, split.answers), null_threshold=self.threshold, loss=scores["loss"],
+                  exact_match_at_0=untuned["exact_match"], f1_at_0=untuned["f1"])
     if with_predictions:
       report["predictions"] = predictions
     return report
@@ -202,11 +219,13 @@ def save_test_report(kind: str, report: dict, split: data.Split, predictions, ru
   return [f"  reference: {t}\n  generated: {p}" for t, p in list(zip(split.targets, predictions))[:3]]
 
 
-def for_task(cfg, trn, sp, kind: str, label_names: tuple[str, ...]) -> Evaluator:
-  """The evaluator of a task kind ("classification" or "generation")."""
+def for_task(cfg, trn, sp, kind: str, label_names: tuple[str, ...], validation: data.Split | None = None,
+             threshold: float = 0.0) -> Evaluator:
+  """The evaluator of a task kind ("classification", "generation" or "qa"; see QaEvaluator for
+  validation and threshold)."""
   if kind == "classification":
     return ClassificationEvaluator(cfg, trn, sp, label_names)
-  return QaEvaluator(cfg, trn, sp) if kind == "qa" else GenerationEvaluator(cfg, trn, sp)
+  return QaEvaluator(cfg, trn, sp, validation, threshold) if kind == "qa" else GenerationEvaluator(cfg, trn, sp)
 
 
 def describe(report: dict) -> str:

@@ -191,7 +191,7 @@ def _finetune(cfg, task: data.TaskData, run_dir: str, stop: signals.StopRequests
   windows = f" over {inputs.num_examples(train_arrays):,} context windows" if task.kind == "qa" else ""
   log.print(f"Model: {cfg.model.family} ({head}"
             f"{trn.param_count():,} parameters); {num_steps} steps of {cfg.data.batch_size}{windows}")
-  evaluate = evaluators.for_task(cfg, trn, sp, task.kind, task.label_names)
+  evaluate = evaluators.for_task(cfg, trn, sp, task.kind, task.label_names, validation=task.validation)
   order = inputs.train_order(inputs.num_examples(train_arrays), cfg.data.batch_size, num_steps, cfg.seed)
   manager = checkpoint.close_on_exit(cleanup, checkpoint.make_manager(run_dir, cfg.finetune.keep_best, metric_name,
                                                                      mode))

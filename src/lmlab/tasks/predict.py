@@ -45,7 +45,9 @@ def predict_workdir(run_dir: str, texts: list[str], context: str | None = None) 
     raise CheckpointError(f"{run_dir} has no checkpoint; fine-tune first.")
   state, _ = checkpoint.restore(manager, trn.abstract_state, manager.best_step())
   manager.close()
-  evaluate = evaluators.for_task(cfg, trn, sp, task_info["kind"], label_names)
+  with open(os.path.join(run_dir, "metrics.json")) as f:  # the null threshold tuned on validation
+    threshold = json.load(f)["validation"].get("null_threshold", 0.0)
+  evaluate = evaluators.for_task(cfg, trn, sp, task_info["kind"], label_names, threshold=threshold)
   if task_info["kind"] == "generation":
     return [{"output": text} for text in evaluate.generate(state.params, list(texts))]
   if task_info["kind"] == "qa":

@@ -56,9 +56,26 @@ def qa_report(predictions: Sequence[str], golds: Sequence[Sequence[str]]) -> dic
   return report
 
 
+def best_threshold(candidates: Sequence[str], margins: np.ndarray, golds: Sequence[Sequence[str]]) -> float:
+  """The null threshold that maximizes F1 (SQuAD 2.0's evaluation script's best_f1 search): a question is
+  answered with its candidate when the candidate's margin (score minus no-answer score) reaches it. Ties go
+  to the threshold nearest 0; "never answer" is the largest margin + 1."""
+  margins = np.asarray(margins, np.float64)
+  f1_answer = np.array([max(token_f1(c, g) for g in gs) if c else 0.0 for c, gs in zip(candidates, golds)])
+  f1_null = np.array([max(token_f1("", g) for g in gs) for gs in golds])
+  finite = np.isfinite(margins) & np.array([bool(c) for c in candidates])
+  if not finite.any():
+    return 0.0
+  options = np.append(np.unique(margins[finite]), margins[finite].max() + 1.0)
+  scores = [np.mean(np.where(finite & (margins >= t), f1_answer, f1_null)) for t in options]
+  best = max(range(len(options)), key=lambda k: (round(scores[k], 12), -abs(options[k])))
+  return float(options[best])
+
+
 def format_qa(report: dict) -> str:
+  threshold = f", null threshold {report['null_threshold']:.2f}" if "null_threshold" in report else ""
   return (f"exact match {report['exact_match']:.2f}  F1 {report['f1']:.2f}  (n={report['count']}, "
-          f"{report['answerable']} answerable)")
+          f"{report['answerable']} answerable{threshold})")
 
 
 def overlap_baseline(context: str, question: str) -> str:

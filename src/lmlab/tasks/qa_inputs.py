@@ -10,10 +10,12 @@ tokens 0, doc_stride, 2 doc_stride, ... until one reaches the context's end. Eac
   The generation target is the answer when the window holds it, else "" (EOS alone).
 Questions are cut to max_question_len tokens; the window takes what is left of the row.
 
-Choosing across windows (BERT's SQuAD 2.0 rule, for both heads): the best non-empty answer of any window
-(span: start + end logit; generation: log-probability of answer + EOS) against the no-answer score, the
-lowest over the windows (span: the [CLS] start + end logits; generation: log p(EOS first)), since "no
-answer" must hold in every window; "" when no-answer scores higher.
+Choosing across windows (BERT's SQuAD 2.0 rule, for both heads): each question's candidate is the best
+non-empty answer of any window (span: start + end logit; generation: log-probability of answer + EOS);
+its margin is that score minus the no-answer score, the lowest over the windows (span: the [CLS] start +
+end logits; generation: log p(EOS first)), since "no answer" must hold in every window. The candidate is
+the answer when its margin reaches the null threshold (0: the model's own choice; fine-tuning sets it to
+the value that maximizes validation F1, as BERT's null_score_diff_threshold), else "".
 
 Shape letters: W windows, L row length, N context tokens of one example.
 """
@@ -160,8 +162,9 @@ def best_span(start_L: np.ndarray, end_L: np.ndarray, first_col: int, last_col: 
   return float(score_SE[s, e]), first_col + int(starts[s]), first_col + int(ends[e])
 
 
-def span_answers(windows: Windows, contexts: list[str], logits_W2L: np.ndarray, max_answer_len: int) -> list[str]:
-  """Each example's answer from its windows' start / end logits [W, 2, L] (the rule of the docstring)."""
+def span_candidates(windows: Windows, contexts: list[str], logits_W2L: np.ndarray, max_answer_len: int
+                    ) -> tuple[list[str], np.ndarray]:
+  """Each example's candidate answer and margin from its windows' start / end logits [W, 2, L]."""
   answers, nulls = {}, {}
   for w, (i, first, col, n) in enumerate(zip(windows.example, windows.first, windows.column, windows.length)):
     start_L, end_L = logits_W2L[w]
@@ -172,13 +175,21 @@ def span_answers(windows: Windows, contexts: list[str], logits_W2L: np.ndarray, 
     if score > answers.get(i, (-np.inf, ""))[0]:
       begin, end = windows.spans[i][first + s - col][0], windows.spans[i][first + e - col][1]
       answers[i] = score, contexts[i][begin:end]
-  return choose(answers, nulls, len(contexts))
+  return candidates(answers, nulls, len(contexts))
 
 
-def choose(answers: dict, nulls: dict, count: int) -> list[str]:
-  """Per example: its best answer {i: (score, text)} unless its no-answer score {i: score} is higher."""
-  out = []
+def candidates(answers: dict, nulls: dict, count: int) -> tuple[list[str], np.ndarray]:
+  """([R] candidate texts, float [R] margins) from each example's best answer {i: (score, text)} and
+  no-answer score {i: score}; an example without a non-empty answer has "" and margin -inf."""
+  texts, margins = [], np.full(count, -np.inf)
   for i in range(count):
     score, text = answers.get(i, (-np.inf, ""))
-    out.append(text if text and score >= nulls.get(i, -np.inf) else "")
-  return out
+    texts.append(text)
+    if text:
+      margins[i] = score - nulls.get(i, -np.inf)
+  return texts, margins
+
+
+def choose(texts: list[str], margins: np.ndarray, threshold: float = 0.0) -> list[str]:
+  """The answers: each candidate whose margin reaches the threshold, else ""."""
+  return [text if text and margin >= threshold else "" for text, margin in zip(texts, margins)]

@@ -13,6 +13,9 @@ r"""lmlab's command line.
       (the corpus tokenizer and the token shards of both splits into the data cache, which every later run
       with that corpus and tokenizer reads; runs prepare what is missing themselves; --executor slurm: one
       array task per shard)
+  python launch.py plan --config experiments/gpt.py:size=base --device_memory_gb 16      memory / cost plan
+      (compiles the train step for the mesh without training: memory per device, FLOPs, step time at
+      --mfu; an error when it does not fit)
   python launch.py predict --workdir runs/finetune_topic_gpt_small --text "Shares rose..." [--input file]
       (a fine-tuned run's label with class probabilities, or its generated output; --input: one text per line)
   python launch.py predict --workdir runs/finetune_disfl_qa_bert_small --context "..." --text "Who ...?"
@@ -50,6 +53,9 @@ flags.DEFINE_multi_string("text", None, "predict: text(s) to classify or generat
                           "questions about --context).")
 flags.DEFINE_string("context", None, "predict, question answering: the passage the questions are about.")
 flags.DEFINE_string("input", None, "predict: a UTF-8 file with one text per line.")
+flags.DEFINE_float("device_memory_gb", None, "plan: memory per device to fit in (default: the device's own, "
+                   "which CPUs do not report).")
+flags.DEFINE_float("mfu", 0.4, "plan: model FLOPs utilization the step-time estimate assumes.")
 flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0.")
 flags.DEFINE_integer("num_processes", 1, "Multi-host: number of processes.")
 flags.DEFINE_integer("process_id", 0, "Multi-host: index of this process.")
@@ -76,7 +82,7 @@ flags.DEFINE_bool("search", False, "sweep: an Optuna search over get_search_spac
 flags.DEFINE_string("status", None, "sweep: print the table of points and states of this sweep directory.")
 flags.DEFINE_bool("verbose", False, "Show the Python traceback of input errors too (also LMLAB_VERBOSE=1).")
 FLAGS = flags.FLAGS
-COMMANDS = ("train", "sample", "predict", "sweep", "prepare")
+COMMANDS = ("train", "sample", "predict", "sweep", "prepare", "plan")
 
 
 def _init_distributed():
@@ -132,6 +138,13 @@ def predict():
     kind = "probabilities" if "probabilities" in result else "SVM scores"
     ranked = ", ".join(f"{name} {value:.3f}" for name, value in sorted(values.items(), key=lambda kv: -kv[1]))
     print(f"{shown} -> {result['label']} ({kind}: {ranked})")
+
+
+def plan(cfg):
+  from lmlab.train import plan as plan_lib
+  result = plan_lib.plan(cfg, FLAGS.device_memory_gb, FLAGS.mfu)
+  print(plan_lib.describe(result))
+  plan_lib.check_fits(result)
 
 
 def sweep(cfg):
@@ -288,6 +301,8 @@ def main(argv):
       predict()
     elif command == "prepare":
       prepare(copy.deepcopy(FLAGS.config).unlock())
+    elif command == "plan":
+      plan(copy.deepcopy(FLAGS.config).unlock())
     else:
       (sweep if command == "sweep" else train)(copy.deepcopy(FLAGS.config).unlock())
   except (errors.UserError, app.UsageError, errors.RunStopped) as e:

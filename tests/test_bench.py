@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from lmlab import bench
+from lmlab.train import hardware
 
 
 @pytest.mark.parametrize("family,objective", [("encoder", "mlm_nsp"), ("encoder_decoder", "span_corruption"),
@@ -20,9 +21,30 @@ def test_bench_shape_runs_every_family(family, objective):
 def test_bench_main_prints_the_table(capsys):
   bench.main(["--shapes", "tiny", "--steps", "2"])
   out = capsys.readouterr().out
-  assert "float32 matmul peak" in out and "objective causal_lm" in out
+  assert "measured float32 matmul peak" in out and "objective causal_lm" in out
   row = next(line for line in out.splitlines() if line.startswith("tiny"))
   assert row.endswith("%") and len(row.split()) == 7
+
+
+def test_peak_flops_by_device_kind():
+  """Published dense bf16 peaks for accelerators (the first matching fragment wins); CPUs are measured."""
+  class Device:
+    platform, process_index = "gpu", 0
+
+    def __init__(self, kind):
+      self.device_kind = kind
+
+  assert hardware.peak_flops([Device("NVIDIA H100 80GB HBM3")] * 8)[0] == 8 * 989e12
+  assert hardware.peak_flops([Device("NVIDIA H100 PCIe")])[0] == 756e12
+  assert hardware.peak_flops([Device("NVIDIA A100-SXM4-40GB")])[0] == 312e12
+  assert hardware.peak_flops([Device("TPU v5 lite")] * 4)[0] == 4 * 197e12
+  assert hardware.peak_flops([Device("TPU v5")])[0] == 459e12
+  peak, source = hardware.peak_flops([Device("Mystery chip")])
+  assert peak is None and "no published peak" in source
+  cpu = Device("cpu")
+  cpu.platform = "cpu"
+  peak, source = hardware.peak_flops([cpu] * 8)
+  assert peak == hardware.matmul_peak_flops() > 1e9 and "shared by its 8 cpu device(s)" in source
 
 
 def test_bench_rejects_an_unknown_shape(capsys):

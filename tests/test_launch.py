@@ -20,6 +20,7 @@ def test_train_writes_metrics_checkpoints_and_samples(tiny_run):
   workdir, stdout = tiny_run
   assert f"Work directory: {workdir}" in stdout and "step     20/20 | loss" in stdout
   assert "over 2 cpu devices" in stdout and stdout.count("sample: ") == 2
+  assert "Peak for MFU: 1 x this host's measured float32 matmul peak" in stdout and "tok/s | MFU " in stdout
   with open(os.path.join(workdir, "metrics.json")) as f:
     assert json.load(f)["step"] == 20
   assert sorted(train_losses(workdir)) == list(range(1, 21))

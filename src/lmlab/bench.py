@@ -4,7 +4,8 @@ Times exactly what training runs: the jitted train step of train/trainer.py on a
 objective's own transform (objectives/) from synthetic documents, for any family and objective. Prints,
 per model shape, the compile time of the first step, the median step time, tokens/s, model GFLOP/s
 (lmlab's FLOP count: 6N + 12 * layers * d_model * seq_len per token for Transformers) and that as a
-fraction of this machine's float32 matmul peak, measured in the same run with a large jnp.dot. A
+fraction of the device's peak (model FLOPs utilization, train/hardware.py: on CPU this machine's float32
+matmul peak, measured in the same run with large jnp.dots; on accelerators the published bf16 peak). A
 benchmark, not a test: nothing is asserted.
 """
 
@@ -20,7 +21,7 @@ from lmlab import config as config_lib
 from lmlab import objectives
 from lmlab.data import documents, tokenizer
 from lmlab.objectives import span
-from lmlab.train import partitioning, trainer
+from lmlab.train import hardware, partitioning, trainer
 
 SHAPES = {
     # name: (layers, d_model, heads, mlp_dim, vocab, seq_len, batch)
@@ -28,20 +29,6 @@ SHAPES = {
     "b": (6, 512, 8, 2048, 8192, 256, 16),
     "tiny": (2, 32, 2, 64, 64, 16, 4),  # seconds: the smoke test of this code path
 }
-
-
-def matmul_peak_gflops(n: int = 2048, repeats: int = 10) -> float:
-  """Best observed float32 GFLOP/s of an n x n matmul on the default device."""
-  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
-  b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
-  dot = jax.jit(jnp.dot)
-  dot(a, b).block_until_ready()
-  best = float("inf")
-  for _ in range(repeats):
-    start = time.perf_counter()
-    dot(a, b).block_until_ready()
-    best = min(best, time.perf_counter() - start)
-  return 2 * n**3 / best / 1e9
 
 
 def bench_config(shape: str, family: str = "decoder", objective: str | None = None, cell: str = "lstm",
@@ -118,11 +105,12 @@ def main(argv=None):
     configs = [(shape, bench_config(shape, args.family, args.objective, args.cell, args.dtype)) for shape in shapes]
   except config_lib.ConfigError as e:
     parser.exit(2, f"error: {e}\n")
-  peak = matmul_peak_gflops()
+  peak, source = hardware.peak_flops(jax.devices()[:1])
+  peak = (peak or float("nan")) / 1e9
   print(f"machine: {platform.processor() or platform.machine()}, {jax.device_count()} {jax.default_backend()} "
-        f"device(s), jax {jax.__version__}; float32 matmul peak {peak:.1f} GFLOP/s")
+        f"device(s), jax {jax.__version__}; peak {peak:.1f} GFLOP/s ({source})")
   print(f"family {args.family}, objective {configs[0][1].objective.name}, {args.dtype}")
-  print(f"{'shape':5} {'params':>11} {'compile s':>9} {'ms/step':>8} {'tokens/s':>9} {'GFLOP/s':>8} {'of peak':>7}")
+  print(f"{'shape':5} {'params':>11} {'compile s':>9} {'ms/step':>8} {'tokens/s':>9} {'GFLOP/s':>8} {'MFU':>7}")
   for shape, cfg in configs:
     r = bench_shape(cfg, args.steps)
     print(f"{shape:5} {r['params']:11,} {r['compile_s']:9.2f} {r['ms_per_step']:8.1f} {r['tokens_per_s']:9,.0f} "

@@ -18,6 +18,9 @@ class MetricsLogger:
   def __init__(self, workdir: str, num_steps: int, tokens_per_step: int):
     self.enabled = jax.process_index() == 0
     self.num_steps, self.tokens_per_step = num_steps, tokens_per_step
+    # Model FLOPs of one update and the peak FLOP/s of all devices (train/hardware.py), set once the model
+    # is built: with both, progress lines report model FLOPs utilization (MFU).
+    self.flops_per_step = self.peak_flops = None
     self._last_time = self._last_step = None
     self._workdir = os.path.abspath(workdir)
     if self.enabled:
@@ -46,10 +49,14 @@ class MetricsLogger:
     seconds_per_step = (now - self._last_time) / max(step - self._last_step, 1)
     self._last_time, self._last_step = now, step
     metrics = dict(metrics, tokens_per_s=self.tokens_per_step / seconds_per_step)
+    mfu = ""
+    if self.flops_per_step and self.peak_flops:
+      metrics["mfu"] = self.flops_per_step / seconds_per_step / self.peak_flops
+      mfu = f"MFU {metrics['mfu']:.1%} | "
     self.write(step, metrics)
     eta = seconds_per_step * (self.num_steps - step)
     self.print(f"step {step:6d}/{self.num_steps} | loss {metrics['loss']:.4f} | "
-               f"lr {metrics['lr']:.2e} | {metrics['tokens_per_s']:,.0f} tok/s | "
+               f"lr {metrics['lr']:.2e} | {metrics['tokens_per_s']:,.0f} tok/s | {mfu}"
                f"ETA {eta // 60:.0f}m{eta % 60:02.0f}s")
 
   def hparams(self, config: dict, final: dict) -> None:

@@ -17,7 +17,7 @@ from lmlab import objectives
 from lmlab.data import pipeline, shards, sources, tokenizer
 from lmlab.decode import complete
 from lmlab.errors import Diverged, Interrupted
-from lmlab.train import checkpoint, logger, partitioning, signals, trainer, workdir
+from lmlab.train import checkpoint, hardware, logger, partitioning, signals, trainer, workdir
 from lmlab.train.evaluate import describe, evaluate
 
 
@@ -61,6 +61,9 @@ def _train(cfg, run_dir: str, mesh, stop: signals.StopRequests, cleanup: context
   # --- Model, optimizer and sharded state; resume from the latest checkpoint if there is one.
   trn = trainer.get_trainer(cfg, sp.vocab_size(), mesh)
   log.print(f"Model: {trn.param_count():,} parameters, {trn.flops_per_token() / 1e6:.1f} MFLOP/token")
+  log.peak_flops, peak_source = hardware.peak_flops()
+  log.flops_per_step = trn.flops_per_token() * cfg.data.batch_size * cfg.data.seq_len
+  log.print(f"Peak for MFU: {peak_source}")
   state, manager = checkpoint.restore_latest_intact(run_dir, cfg.train.keep_checkpoints, trn.abstract_state, log)
   checkpoint.close_on_exit(cleanup, manager)
   if state is not None:

@@ -28,6 +28,7 @@ CHOICES = {
     "model.mlp_activation": ("gelu", "swiglu"),
     "model.dtype": ("float32", "bfloat16"),
     "model.remat": ("none", "full", "dots"),
+    "model.attention": ("auto", "explicit", "fused"),
 }
 
 
@@ -140,6 +141,10 @@ def default_config() -> ConfigDict:
   m.scan_layers = False
   # Rematerialization of each block in the backward pass: none, full or dots (save matmul outputs).
   m.remat = "none"
+  # Attention kernel: explicit (einsums and a masked float32 softmax), fused (jax.nn.dot_product_attention:
+  # cuDNN's fused attention on GPUs where it applies, XLA's elsewhere), auto (fused on GPU, explicit on
+  # CPU / TPU). Both compute the same function; attention dropout while training always runs explicit.
+  m.attention = "auto"
 
   c.objective = ob = ConfigDict()
   # Pretraining objective (lmlab.objectives; each names the families it trains): causal_lm, prefix_lm,

@@ -39,6 +39,7 @@ class TransformerConfig:
   dtype: jnp.dtype = jnp.float32  # compute dtype; params are always float32
   scan_layers: bool = False
   remat: str = "none"  # none | full | dots
+  attention: str = "auto"  # auto | explicit | fused (see _attend)
   # Derived from the model family and objective, not set in cfg.model directly:
   causal: bool = True  # False: bidirectional self-attention (encoder-only, BERT)
   num_token_types: int = 0  # > 0: token-type (sentence A / B) embeddings are added (BERT)
@@ -203,20 +204,41 @@ class CrossAttention(nn.Module):
     return _attend(cfg, q_BLHK, kv_BS2HK[:, :, 0], kv_BS2HK[:, :, 1], mask_B1LS, None, self.deterministic)
 
 
+def fused_implementation(cfg: TransformerConfig, q_BLHK, k_BSHK) -> str | None:
+  """The jax.nn.dot_product_attention implementation for these inputs, or None for the explicit path:
+  cuDNN's fused kernel on GPUs for bf16 / fp16 with head_dim a multiple of 8 up to 128 and even lengths
+  (its constraints), XLA's otherwise."""
+  use = cfg.attention if cfg.attention != "auto" else ("fused" if jax.default_backend() == "gpu" else "explicit")
+  if use == "explicit":
+    return None
+  cudnn = (jax.default_backend() == "gpu" and jnp.dtype(cfg.dtype) in (jnp.bfloat16, jnp.float16)
+           and cfg.head_dim % 8 == 0 and cfg.head_dim <= 128 and q_BLHK.shape[1] % 2 == 0
+           and k_BSHK.shape[1] % 2 == 0)
+  return "cudnn" if cudnn else "xla"
+
+
 def _attend(cfg: TransformerConfig, q_BLHK, k_BSHK, v_BSHK, mask_B1LS, bias_BHLS, deterministic: bool):
   """Masked softmax attention (with attention dropout when training) and the output projection, inside
-  the calling attention module."""
-  # Scores and softmax in float32: bf16 logits lose too much precision for long contexts.
-  logits_BHLS = jnp.einsum("blhk,bshk->bhls", q_BLHK, k_BSHK, preferred_element_type=jnp.float32)
-  logits_BHLS = logits_BHLS / np.sqrt(cfg.head_dim)
-  if bias_BHLS is not None:
-    logits_BHLS = logits_BHLS + bias_BHLS
-  logits_BHLS = jnp.where(mask_B1LS, logits_BHLS, jnp.finfo(jnp.float32).min)
-  probs_BHLS = jax.nn.softmax(logits_BHLS, axis=-1)
-  if cfg.attention_dropout_rate > 0 and not deterministic:
-    probs_BHLS = nn.Dropout(cfg.attention_dropout_rate)(probs_BHLS, deterministic=False)
-  probs_BHLS = probs_BHLS.astype(cfg.dtype)
-  out_BLHK = jnp.einsum("bhls,bshk->blhk", probs_BHLS, v_BSHK)
+  the calling attention module. The mask (causal or prefix, and packed segments) and T5's bias reach the
+  fused kernel as they are: cuDNN folds a boolean mask into its bias input."""
+  dropout = cfg.attention_dropout_rate > 0 and not deterministic
+  implementation = None if dropout else fused_implementation(cfg, q_BLHK, k_BSHK)
+  if implementation is not None:
+    bias = None if bias_BHLS is None else bias_BHLS.astype(q_BLHK.dtype if implementation == "cudnn" else jnp.float32)
+    out_BLHK = jax.nn.dot_product_attention(q_BLHK, k_BSHK, v_BSHK, bias=bias, mask=mask_B1LS,
+                                            implementation=implementation)
+  else:
+    # Scores and softmax in float32: bf16 logits lose too much precision for long contexts.
+    logits_BHLS = jnp.einsum("blhk,bshk->bhls", q_BLHK, k_BSHK, preferred_element_type=jnp.float32)
+    logits_BHLS = logits_BHLS / np.sqrt(cfg.head_dim)
+    if bias_BHLS is not None:
+      logits_BHLS = logits_BHLS + bias_BHLS
+    logits_BHLS = jnp.where(mask_B1LS, logits_BHLS, jnp.finfo(jnp.float32).min)
+    probs_BHLS = jax.nn.softmax(logits_BHLS, axis=-1)
+    if dropout:
+      probs_BHLS = nn.Dropout(cfg.attention_dropout_rate)(probs_BHLS, deterministic=False)
+    probs_BHLS = probs_BHLS.astype(cfg.dtype)
+    out_BLHK = jnp.einsum("bhls,bshk->blhk", probs_BHLS, v_BSHK)
   # Output projections get the GPT-2 scaled init so the residual stream variance stays O(1) with depth.
   return nn.DenseGeneral(
       cfg.d_model, axis=(-2, -1), use_bias=cfg.use_bias, dtype=cfg.dtype,

@@ -289,6 +289,9 @@ def test_sampling_reproducible_and_eos():
   cut = run(0, eos_id=eos)
   for full, short in zip(a, cut):
     assert short == (full[:full.index(eos) + 1] if eos in full else full)
+  first = a[0][0]  # the first token the seed samples; banned as EOS for the first 2 tokens:
+  held = run(0, eos_id=first, min_new_tokens=2)
+  assert all(first not in g[:2] for g in held) and held != run(0, eos_id=first)
 
 
 def test_prompt_too_long_raises():

@@ -1,12 +1,15 @@
-"""Throughput benchmark of the train step: python -m lmlab.bench [--shapes a,b] [--family F] [--steps N].
+"""Throughput benchmark of the train step, evaluation and decoding: python -m lmlab.bench [--shapes a,b]
+[--family F] [--steps N].
 
 Times exactly what training runs: the jitted train step of train/trainer.py on a batch made by the
 objective's own transform (objectives/) from synthetic documents, for any family and objective. Prints,
 per model shape, the compile time of the first step, the median step time, tokens/s, model GFLOP/s
 (lmlab's FLOP count: 6N + 12 * layers * d_model * seq_len per token for Transformers) and that as a
 fraction of the device's peak (model FLOPs utilization, train/hardware.py: on CPU this machine's float32
-matmul peak, measured in the same run with large jnp.dots; on accelerators the published bf16 peak). A
-benchmark, not a test: nothing is asserted.
+matmul peak, measured in the same run with large jnp.dots; on accelerators the published bf16 peak);
+then evaluation tokens/s (the eval step on the same batch) and greedy decoding tokens/s with the KV cache
+at batch 1 and 16 (16-token prompts, generating to the end of the row). A benchmark, not a test: nothing
+is asserted.
 """
 
 import argparse
@@ -20,6 +23,7 @@ import numpy as np
 from lmlab import config as config_lib
 from lmlab import objectives
 from lmlab.data import documents, tokenizer
+from lmlab.decode import sampling, seq2seq
 from lmlab.objectives import span
 from lmlab.train import hardware, partitioning, trainer
 
@@ -82,9 +86,43 @@ def bench_shape(cfg, steps: int) -> dict:
     times.append(time.perf_counter() - start)
   step_s = float(np.median(times))
   tokens_per_s = cfg.data.batch_size * cfg.data.seq_len / step_s
+  # Evaluation: the jitted eval step (loss sums, no gradients) on the same batch.
+  jax.block_until_ready(trn.eval_step(state.params, batch))
+  eval_times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    jax.block_until_ready(trn.eval_step(state.params, batch))
+    eval_times.append(time.perf_counter() - start)
   return {"params": trn.param_count(), "compile_s": compile_s, "ms_per_step": step_s * 1e3,
           "tokens_per_s": tokens_per_s, "gflops": tokens_per_s * trn.flops_per_token() / 1e9,
-          "loss": float(metrics["loss"])}
+          "eval_tokens_per_s": cfg.data.batch_size * cfg.data.seq_len / float(np.median(eval_times)),
+          "loss": float(metrics["loss"]), "state": state, "trainer": trn}
+
+
+def bench_decode(cfg, trn, params, batch_size: int, repeats: int = 3) -> float | None:
+  """Greedy decoding tokens/s with the KV cache (encoder-decoder: its decoder's cache) for batch_size
+  prompts of 16 tokens (a quarter row for short rows), generating to the end of the row (encoder-decoder:
+  the span-corruption target length); None for the encoder (no decoding)."""
+  if cfg.model.family == "encoder":
+    return None
+  prompt_len = min(16, cfg.data.seq_len // 4)
+  new_tokens = cfg.data.seq_len - prompt_len
+  prompts = np.random.default_rng(0).integers(10, cfg.tokenizer.vocab_size, (batch_size, prompt_len)).tolist()
+  if cfg.model.family == "encoder_decoder":
+    new_tokens = span.span_corruption_lengths(cfg.data.seq_len)[1]
+    prompts = [p + [0] * (cfg.data.seq_len - prompt_len) for p in prompts]
+    run = lambda: seq2seq.generate(trn.model, params, prompts, max_len=new_tokens, rng=jax.random.PRNGKey(0),
+                                   eos_id=-1, temperature=0.0)
+  else:
+    run = lambda: sampling.sample(trn.model, params, prompts, max_new_tokens=new_tokens, rng=jax.random.PRNGKey(0),
+                                  temperature=0.0)
+  run()  # compiles
+  best = float("inf")
+  for _ in range(repeats):
+    start = time.perf_counter()
+    run()
+    best = min(best, time.perf_counter() - start)
+  return batch_size * new_tokens / best
 
 
 def main(argv=None):
@@ -110,11 +148,14 @@ def main(argv=None):
   print(f"machine: {platform.processor() or platform.machine()}, {jax.device_count()} {jax.default_backend()} "
         f"device(s), jax {jax.__version__}; peak {peak:.1f} GFLOP/s ({source})")
   print(f"family {args.family}, objective {configs[0][1].objective.name}, {args.dtype}")
-  print(f"{'shape':5} {'params':>11} {'compile s':>9} {'ms/step':>8} {'tokens/s':>9} {'GFLOP/s':>8} {'MFU':>7}")
+  print(f"{'shape':5} {'params':>11} {'compile s':>9} {'ms/step':>8} {'tokens/s':>9} {'GFLOP/s':>8} {'MFU':>7} "
+        f"{'eval tok/s':>10} {'decode tok/s b=1':>16} {'b=16':>8}")
   for shape, cfg in configs:
     r = bench_shape(cfg, args.steps)
+    decode = [bench_decode(cfg, r["trainer"], r["state"].params, b) for b in (1, 16)]
+    decode = [f"{d:,.0f}" if d else "-" for d in decode]
     print(f"{shape:5} {r['params']:11,} {r['compile_s']:9.2f} {r['ms_per_step']:8.1f} {r['tokens_per_s']:9,.0f} "
-          f"{r['gflops']:8.1f} {r['gflops'] / peak:7.1%}")
+          f"{r['gflops']:8.1f} {r['gflops'] / peak:7.1%} {r['eval_tokens_per_s']:10,.0f} {decode[0]:>16} {decode[1]:>8}")
 
 
 if __name__ == "__main__":

@@ -77,8 +77,18 @@ def _step(model, params, state, tokens_B, t, prompt_len: int):
   return logits_BV, (buf_BL, segment_ids_BL)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "max_new", "temperature", "top_k", "top_p", "prefix"))
-def _generate(model, params, prompt_BP, lengths_B, rng, eos_id, *, max_new, temperature, top_k, top_p, prefix):
+def suppress_eos(logits_BV, eos_id, t, min_new: int):
+  """Logits with EOS ruled out while fewer than min_new tokens have been generated (t of them)."""
+  if not min_new:
+    return logits_BV
+  is_eos_V = jnp.arange(logits_BV.shape[-1]) == eos_id
+  return jnp.where((t < min_new) & is_eos_V, jnp.finfo(logits_BV.dtype).min, logits_BV)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "max_new", "temperature", "top_k", "top_p", "prefix",
+                                             "min_new"))
+def _generate(model, params, prompt_BP, lengths_B, rng, eos_id, *, max_new, temperature, top_k, top_p, prefix,
+              min_new=0):
   B, P = prompt_BP.shape
   logits_BV, state = _prompt_forward(model, params, prompt_BP, lengths_B, max_new, prefix)
 
@@ -88,6 +98,7 @@ def _generate(model, params, prompt_BP, lengths_B, rng, eos_id, *, max_new, temp
 
   def body(carry):
     t, out_BN, logits_BV, state, done_B = carry
+    logits_BV = suppress_eos(logits_BV, eos_id, t, min_new)
     next_B = _next_token(logits_BV, jax.random.fold_in(rng, t), temperature, top_k, top_p)
     out_BN = jax.lax.dynamic_update_slice_in_dim(out_BN, next_B[:, None], t, axis=1)
     logits_BV, state = _step(model, params, state, next_B, t, P)
@@ -125,9 +136,10 @@ def _trim(row, eos_id) -> list[int]:
 
 def sample(model: nn.Module, params, prompts: list[list[int]], *, max_new_tokens: int, rng,
            temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, eos_id: int | None = None,
-           pad_id: int = 0, prefix: bool = False) -> list[list[int]]:
+           pad_id: int = 0, prefix: bool = False, min_new_tokens: int = 0) -> list[list[int]]:
   """Continues each prompt with up to max_new_tokens tokens; temperature 0 is greedy. prefix: the prompt
-  is read as a prefix LM's bidirectional prefix (Transformer decoders trained with prefix_lm).
+  is read as a prefix LM's bidirectional prefix (Transformer decoders trained with prefix_lm);
+  min_new_tokens: EOS is not allowed before that many tokens (e.g. 1: a non-empty output).
 
   Returns only the generated tokens of each prompt, ending with eos_id if it was sampled. The same
   rng gives the same samples. `params` may be boxed (nn.Partitioned) or plain.
@@ -139,7 +151,7 @@ def sample(model: nn.Module, params, prompts: list[list[int]], *, max_new_tokens
   out = _generate(model, nn.meta.unbox(params), jnp.asarray(prompt_BP), jnp.asarray(lengths_B), rng,
                   eos_id=jnp.int32(-1 if eos_id is None else eos_id),  # -1 matches no token
                   max_new=int(max_new_tokens), temperature=float(temperature), top_k=int(top_k),
-                  top_p=float(top_p), prefix=bool(prefix))
+                  top_p=float(top_p), prefix=bool(prefix), min_new=int(min_new_tokens))
   return [_trim(row, eos_id) for row in np.asarray(out)]
 
 

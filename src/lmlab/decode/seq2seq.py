@@ -15,7 +15,7 @@ import numpy as np
 
 from lmlab.data.tokenizer import BOS_ID, PAD_ID
 from lmlab.decode import beam
-from lmlab.decode.sampling import _next_token
+from lmlab.decode.sampling import _next_token, suppress_eos
 from lmlab.models.encdec import EncoderDecoder, init_decoder_cache
 
 
@@ -26,8 +26,9 @@ def _decode_step(model, params, cache, tokens_N, encoded_NSD, encoder_segment_id
   return logits_N1V[:, 0], mutated["cache"]
 
 
-@functools.partial(jax.jit, static_argnames=("model", "max_len", "temperature", "top_k", "top_p"))
-def _sample(model, params, tokens_BS, segment_ids_BS, rng, eos_id, *, max_len, temperature, top_k, top_p):
+@functools.partial(jax.jit, static_argnames=("model", "max_len", "temperature", "top_k", "top_p", "min_new"))
+def _sample(model, params, tokens_BS, segment_ids_BS, rng, eos_id, *, max_len, temperature, top_k, top_p,
+            min_new=0):
   B, S = tokens_BS.shape
   encoded_BSD = model.apply({"params": params}, tokens_BS, segment_ids_BS, method="encode")
   cache = init_decoder_cache(model, B, max_len, S)
@@ -40,6 +41,7 @@ def _sample(model, params, tokens_BS, segment_ids_BS, rng, eos_id, *, max_len, t
     t, out_BT, cache, done_B = state
     previous_B = jnp.where(t == 0, BOS_ID, jax.lax.dynamic_index_in_dim(out_BT, t - 1, 1, keepdims=False))
     logits_BV, cache = _decode_step(model, params, cache, previous_B, encoded_BSD, segment_ids_BS)
+    logits_BV = suppress_eos(logits_BV, eos_id, t, min_new)
     next_B = _next_token(logits_BV, jax.random.fold_in(rng, t), temperature, top_k, top_p)
     next_B = jnp.where(done_B, PAD_ID, next_B)
     out_BT = jax.lax.dynamic_update_slice_in_dim(out_BT, next_B[:, None], t, axis=1)
@@ -79,11 +81,12 @@ def _trim(row, eos_id) -> list[int]:
 
 def generate(model: EncoderDecoder, params, inputs: list[list[int]], *, max_len: int, rng, eos_id: int,
              temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, beam_size: int = 0,
-             alpha: float = 0.0) -> list[list[int]]:
+             alpha: float = 0.0, min_new_tokens: int = 0) -> list[list[int]]:
   """Target ids for each input (encoder token ids), ending with eos_id if it was produced.
 
   beam_size >= 1: beam search (1 is greedy) with GNMT length penalty alpha; otherwise sampling with
-  temperature (0: greedy), top_k and top_p. The same rng gives the same samples.
+  temperature (0: greedy), top_k and top_p, and no EOS before min_new_tokens tokens. The same rng gives
+  the same samples.
   """
   tokens_BS, segment_ids_BS = _encoder_batch(inputs)
   if max_len < 1:
@@ -96,7 +99,8 @@ def generate(model: EncoderDecoder, params, inputs: list[list[int]], *, max_len:
     if temperature < 0:
       raise ValueError(f"temperature = {temperature} must be >= 0 (0: greedy).")
     out = _sample(model, params, tokens_BS, segment_ids_BS, rng, jnp.int32(eos_id), max_len=max_len,
-                  temperature=float(temperature), top_k=int(top_k), top_p=float(top_p))
+                  temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
+                  min_new=int(min_new_tokens))
   return [_trim(row, eos_id) for row in np.asarray(out)]
 
 

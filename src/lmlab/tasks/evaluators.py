@@ -104,14 +104,16 @@ class GenerationEvaluator(Evaluator):
     return report
 
 
-def decode(cfg, model, params, prompts: list[list[int]]) -> list[list[int]]:
-  """Each prompt's output ids without EOS: greedy, or beam search with finetune.beam_size beams."""
+def decode(cfg, model, params, prompts: list[list[int]], min_new_tokens: int = 0) -> list[list[int]]:
+  """Each prompt's output ids without EOS: greedy (no EOS before min_new_tokens tokens), or beam search
+  with finetune.beam_size beams (where min_new_tokens does not apply)."""
   if cfg.model.family == "encoder_decoder":
     # Padded to the full row: one compiled shape for every call.
     prompts = [p + [0] * (cfg.data.seq_len - len(p)) for p in prompts]
     outputs = seq2seq.generate(model, params, prompts, max_len=cfg.task.max_target_len + 1,
                                rng=jax.random.PRNGKey(cfg.seed), eos_id=EOS_ID, temperature=0.0,
-                               beam_size=cfg.finetune.beam_size, alpha=cfg.sample.length_penalty)
+                               beam_size=cfg.finetune.beam_size, alpha=cfg.sample.length_penalty,
+                               min_new_tokens=min_new_tokens)
   elif cfg.finetune.beam_size:
     outputs, _ = sampling.beam_search(model, params, prompts, max_new_tokens=cfg.task.max_target_len + 1,
                                       eos_id=EOS_ID, beam_size=cfg.finetune.beam_size,
@@ -119,7 +121,7 @@ def decode(cfg, model, params, prompts: list[list[int]]) -> list[list[int]]:
   else:
     outputs = sampling.sample(model, params, prompts, max_new_tokens=cfg.task.max_target_len + 1,
                               rng=jax.random.PRNGKey(cfg.seed), temperature=0.0, eos_id=EOS_ID,
-                              prefix=task_config.prefix_input(cfg))
+                              prefix=task_config.prefix_input(cfg), min_new_tokens=min_new_tokens)
   return [[t for t in ids if t != EOS_ID] for ids in outputs]
 
 
@@ -160,7 +162,9 @@ class QaEvaluator(Evaluator):
       chunk = windows.prompts[at:at + self.DECODE_CHUNK]
       padded = chunk + [chunk[0]] * (self.DECODE_CHUNK - len(chunk)) if at else chunk
       # An answer that ran out of room (no EOS in max_target_len + 1 tokens) is cut to the trained length.
-      decoded = decode(self.cfg, self.trn.model, params, padded)[:len(chunk)]
+      # Each window's candidate is a non-empty answer (EOS first is the no-answer score below), as
+      # a span head's best span is never [CLS].
+      decoded = decode(self.cfg, self.trn.model, params, padded, min_new_tokens=1)[:len(chunk)]
       outputs.extend(ids[:self.cfg.task.max_target_len] for ids in decoded)
     # Scores: log p(output + EOS) of each window's answer, and log p(EOS first) for no answer.
     answer_scores = self.log_probs(params, windows.prompts, [o + [EOS_ID] for o in outputs])

@@ -145,20 +145,16 @@ def test_cache_from_init(scan):
   assert jax.tree_util.tree_structure(cache) == jax.tree_util.tree_structure(init_cache(model, 3, 16))
 
 
-@pytest.mark.parametrize("kw", [dict(positions="relative", causal=False), dict(positions="rotary")])
-def test_fused_attention_equals_explicit(kw):
+def test_fused_attention_equals_explicit():
   """jax.nn.dot_product_attention (the GPU path; XLA's implementation on CPU) computes today's attention:
-  packed segments with a prefix (decoder) or bidirectional with T5's relative bias (encoder), and the
-  KV-cache decode."""
-  explicit, fused = make(attention="explicit", **kw), make(attention="fused", **kw)
+  packed segments, a bidirectional prefix, T5's relative position bias, and the KV-cache decode."""
+  explicit, fused = make(attention="explicit", positions="relative"), make(attention="fused", positions="relative")
   params, x = init(explicit), tokens()
   segments = jnp.asarray([[1] * 5 + [2] * 7, [1] * 12], jnp.int32)
   prefix = jnp.asarray([[1] * 3 + [0] * 9, [1] * 6 + [0] * 6], jnp.int32)
-  extra = {} if not explicit.config.causal else {"prefix_BL": prefix}
-  run = lambda model: jax.jit(model.apply)({"params": params}, x, segments, **extra)
+  run = lambda model: jax.jit(model.apply)({"params": params}, x, segments, prefix_BL=prefix)
   np.testing.assert_allclose(run(fused), run(explicit), atol=1e-5)
-  if explicit.config.causal:
-    np.testing.assert_allclose(decode_one_by_one(fused, params, x, 5), forward(explicit, params, x), atol=1e-5)
+  np.testing.assert_allclose(decode_one_by_one(fused, params, x, 5), forward(explicit, params, x), atol=1e-5)
 
 
 def test_scan_equals_unrolled_with_restacked_params():

@@ -185,8 +185,10 @@ def test_best_threshold_maximizes_f1_like_the_squad2_script():
   # Margins: right answers at 2.0 and -1.0, wrong ones (questions without answer) at 0.5 and -3.0.
   candidates, margins = ["cat", "dog", "bird", "fish"], np.array([2.0, -1.0, 0.5, -3.0])
   # Threshold -1.0 answers cat, dog, bird: F1 3/4 (bird wrong); 0.5: cat, bird: 2/4; 2.0: cat only: 3/4;
-  # the tie goes to the threshold nearest 0.
-  assert qa.best_threshold(candidates, margins, golds) == -1.0
+  # the tie goes to the higher threshold (fewer answers).
+  assert qa.best_threshold(candidates, margins, golds) == 2.0
+  margins[0] = -2.0  # now -2.0 (cat, dog, bird) is the only best: 3/4 against at most 2/4
+  assert qa.best_threshold(candidates, margins, golds) == -2.0
   assert qa.best_threshold(["bird"], np.array([1.0]), [[""]]) == 2.0  # never answer: largest margin + 1
   assert qa.best_threshold([""], np.array([-np.inf]), [["x"]]) == 0.0  # no candidates
 

@@ -59,7 +59,8 @@ def qa_report(predictions: Sequence[str], golds: Sequence[Sequence[str]]) -> dic
 def best_threshold(candidates: Sequence[str], margins: np.ndarray, golds: Sequence[Sequence[str]]) -> float:
   """The null threshold that maximizes F1 (SQuAD 2.0's evaluation script's best_f1 search): a question is
   answered with its candidate when the candidate's margin (score minus no-answer score) reaches it. Ties go
-  to the threshold nearest 0; "never answer" is the largest margin + 1."""
+  to the higher threshold, which answers fewer questions (as the script, which adds answers in order of
+  margin while F1 strictly improves); "never answer" is the largest margin + 1."""
   margins = np.asarray(margins, np.float64)
   f1_answer = np.array([max(token_f1(c, g) for g in gs) if c else 0.0 for c, gs in zip(candidates, golds)])
   f1_null = np.array([max(token_f1("", g) for g in gs) for gs in golds])
@@ -68,7 +69,7 @@ def best_threshold(candidates: Sequence[str], margins: np.ndarray, golds: Sequen
     return 0.0
   options = np.append(np.unique(margins[finite]), margins[finite].max() + 1.0)
   scores = [np.mean(np.where(finite & (margins >= t), f1_answer, f1_null)) for t in options]
-  best = max(range(len(options)), key=lambda k: (round(scores[k], 12), -abs(options[k])))
+  best = max(range(len(options)), key=lambda k: (round(scores[k], 12), options[k]))
   return float(options[best])
 
 

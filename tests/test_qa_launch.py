@@ -1,6 +1,7 @@
-"""Question answering through the command line (the e2e tier): a span-extracting encoder and a generating
-decoder fine-tune on the disfl_qa fixture (conftest.qa_data_dir), write their test predictions, and
-answer questions about a context given to `launch.py predict`."""
+"""Question answering through the command line (the e2e tier): a span-extracting encoder (from scratch)
+and a generating decoder (from the e2e tier's pretrained tiny GPT) fine-tune on the disfl_qa fixture
+(conftest.qa_data_dir), write their test predictions, and answer questions about a context given to
+`launch.py predict`."""
 
 import json
 import os
@@ -16,11 +17,13 @@ QUESTIONS = ["What is the river?", "How many estuary?"]
 
 
 @pytest.mark.parametrize("family, head", [("bert", "span head"), ("gpt", "decoder (")])
-def test_qa_finetune_and_predict_with_a_context(family, head, tmp_path, qa_data_dir, compilation_cache):
+def test_qa_finetune_and_predict_with_a_context(family, head, tmp_path, qa_data_dir, compilation_cache, request):
   workdir = str(tmp_path / family)
+  init = [f"--config.init_from={request.getfixturevalue('tiny_run')[0]}"] if family == "gpt" else []
   stdout = launch([f"--config={ROOT}/experiments/finetune.py:size=tiny,task=disfl_qa,family={family}",
-                   f"--workdir={workdir}"], qa_data_dir, cache_dir=compilation_cache).stdout
+                   f"--workdir={workdir}", *init], qa_data_dir, cache_dir=compilation_cache).stdout
   assert "Task disfl_qa (qa): 12 train examples" in stdout and head in stdout and "context windows" in stdout
+  assert ("pretrained tensors from" in stdout) == bool(init)
   with open(os.path.join(workdir, "metrics.json")) as f:
     summary = json.load(f)
   assert summary["metric"] == "f1" and summary["test"]["count"] == 12

@@ -8,6 +8,9 @@ Pretrain first (each is one command of the README; results land in runs/<name>_s
   python launch.py --config experiments/finetune.py:task=topic,family=gpt           from scratch (control)
   python launch.py --config experiments/finetune.py:task=headline --config.init_from=runs/t5_small
   python launch.py predict --workdir runs/finetune_topic_gpt_small --text "Shares in the bank rose..."
+  python launch.py --config experiments/finetune.py:task=disfl_qa --config.init_from=runs/bert_small
+      (question answering; the first run prepares disfl_qa from --config.data.tfds_manual_dir, see README)
+  python launch.py predict --workdir runs/finetune_disfl_qa_bert_small --context "..." --text "Who ...?"
 With init_from the model, its objective and seq_len come from the pretraining run; the size preset must
 match that run's (it sets the tokenizer, which must be the same).
 
@@ -18,11 +21,13 @@ checkpoints of the small pretraining runs stay near the class prior (0.16-0.37).
 1-4 minutes, a baseline run seconds.
 Variants (comma separated after the colon):
   size=tiny|small          must match the pretraining run's preset
-  task=topic|headline|classification_file|generation_file   (files: --config.task.train_file=...)
+  task=topic|headline|classification_file|generation_file|disfl_qa|squad   (files: --config.task.train_file=...)
   family=gpt|bert|t5|lstm|gru   architecture for from-scratch runs (ignored with init_from)
   fraction=F               config.task.label_fraction (stratified subset of the training labels)
   baseline=true            the task's non-neural baseline instead of a neural model: TF-IDF + linear SVM
-                           (classification) or the lead, the first words of the article (generation)
+                           (classification), the lead, the first words of the article (generation), or
+                           the context sentence sharing most words with the question (question answering;
+                           --config.finetune.baseline=no_answer: always "")
   freeze=true              train only the head (linear probe)
 The sweep runs the label-efficiency study of the README (45 runs; needs runs/{gpt,bert,lstm}_small):
   python launch.py sweep --config experiments/finetune.py:task=topic --workdir runs/label_fraction

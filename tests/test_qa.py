@@ -263,7 +263,13 @@ def test_generated_answers_are_scored_and_chosen_across_windows(sp, monkeypatch)
   cfg = experiment_config("finetune.py:size=tiny,task=disfl_qa,family=gpt", **{"data.seq_len": 40})
   split = qa_split(qa_examples()[:3])
   long_answer = sp.encode("river river river river river river river river river river")
-  monkeypatch.setattr(evaluators, "decode", lambda cfg, model, params, prompts: [long_answer for _ in prompts])
+  asked = []
+
+  def decode(cfg, model, params, prompts, min_new_tokens=0):
+    asked.append(min_new_tokens)
+    return [long_answer for _ in prompts]
+
+  monkeypatch.setattr(evaluators, "decode", decode)
 
   class Model:  # log p(output) = -(its length); no-answer = -1 except in the first question's windows
     mesh = partitioning.data_parallel_mesh()
@@ -279,3 +285,4 @@ def test_generated_answers_are_scored_and_chosen_across_windows(sp, monkeypatch)
   answers = evaluator.answers(None, split)
   cut = sp.decode(long_answer[:cfg.task.max_target_len])
   assert answers == [cut, "", ""] and len(long_answer) > cfg.task.max_target_len
+  assert asked == [1]  # candidates are non-empty answers: no EOS at the first step

@@ -187,15 +187,19 @@ class QaEvaluator(Evaluator):
     return np.concatenate(scores)[:len(prompts)]
 
   def __call__(self, params, split: data.Split, with_predictions: bool = False) -> dict:
-    """EM / F1 at the null threshold (tuned first when `split` is the validation split), and at 0."""
+    """EM / F1 at the null threshold (tuned first when `split` is the validation split), at 0, and of the
+    candidates themselves on the answerable questions (how well the model locates answers at all)."""
     scores = evaluate(self.trn, params, self.local_batches(self.arrays(split)), (TOKENS,))
     texts, margins = self.candidates(params, split)
     if split is self.validation:
       self.threshold = qa.best_threshold(texts, margins, split.answers)
     predictions = qa_inputs.choose(texts, margins, self.threshold)
     untuned = qa.qa_report(qa_inputs.choose(texts, margins, 0.0), split.answers)
+    always = qa.qa_report(texts, split.answers)
     report = dict(qa.qa_report(predictions, split.answers), null_threshold=self.threshold, loss=scores["loss"],
-                  exact_match_at_0=untuned["exact_match"], f1_at_0=untuned["f1"])
+                  exact_match_at_0=untuned["exact_match"], f1_at_0=untuned["f1"],
+                  candidate_exact_match=always.get("has_answer_exact_match", 0.0),
+                  candidate_f1=always.get("has_answer_f1", 0.0))
     if with_predictions:
       report["predictions"] = predictions
     return report

@@ -227,9 +227,11 @@ def _chunks(items, size: int = _CHUNK_DOCS):
 
 
 def _write_json(path: str, value) -> None:
+  """Atomically, from a temporary file of its own: concurrent writers (processes, hosts or threads of one
+  process, which share a pid) never rename each other's file."""
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = f"{path}.{os.getpid()}.tmp"
-  with open(tmp, "w") as f:
+  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=f".{os.path.basename(path)}-", suffix=".tmp")
+  with os.fdopen(fd, "w") as f:
     json.dump(value, f, indent=1)
   os.replace(tmp, path)
 

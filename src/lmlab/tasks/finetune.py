@@ -28,8 +28,8 @@ from lmlab.train import checkpoint, logger, partitioning, signals, trainer, work
 
 def schedule_steps(cfg, num_train: int) -> tuple[int, int]:
   """(updates, warmup updates) of a run on num_train training rows (examples; question answering: context
-  windows): finetune.epochs over them, at least
-  finetune.min_steps and at most train.num_steps updates; warmup is finetune.warmup_fraction of them."""
+  windows): finetune.epochs over them, at least finetune.min_steps and at most train.num_steps updates;
+  warmup is finetune.warmup_fraction of them."""
   f = cfg.finetune
   steps = min(max(f.min_steps, math.ceil(f.epochs * num_train / cfg.data.batch_size)), cfg.train.num_steps)
   return steps, int(f.warmup_fraction * steps)

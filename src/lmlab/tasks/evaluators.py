@@ -209,7 +209,8 @@ def save_test_report(kind: str, report: dict, split: data.Split, predictions, ru
                      ) -> list[str]:
   """Writes the test split's artifacts to run_dir: the confusion matrix PNG (classification), or
   test_predictions.jsonl (generation: {prediction, target, first 200 characters of the source} per
-  example). Returns the lines to print (the per-class report, or three reference / output pairs)."""
+  example; question answering: {question, prediction, answers}). Returns the lines to print (the
+  per-class report, or three reference / output pairs)."""
   if kind == "classification":
     metrics.save_confusion_matrix(report, os.path.join(run_dir, "confusion_matrix.png"), title)
     return [metrics.format_classification(report)]

@@ -72,31 +72,34 @@ def bench_shape(cfg, steps: int) -> dict:
   mesh = partitioning.make_mesh((1, 1, 1), jax.devices()[:1])
   trn = trainer.get_trainer(cfg, cfg.tokenizer.vocab_size, mesh)
   batch = partitioning.global_batch(synthetic_batch(cfg), mesh)
-  state = trn.init_state(jax.random.PRNGKey(0))
-  jax.block_until_ready(state)
-  start = time.perf_counter()
-  state, metrics = trn.train_step(state, batch)
-  jax.block_until_ready(metrics)
-  compile_s = time.perf_counter() - start
-  times = []
-  for _ in range(steps):
-    start = time.perf_counter()
+  state = jax.block_until_ready(trn.init_state(jax.random.PRNGKey(0)))
+  metrics = None
+
+  def train_step():
+    nonlocal state, metrics
     state, metrics = trn.train_step(state, batch)
-    jax.block_until_ready(metrics)
-    times.append(time.perf_counter() - start)
-  step_s = float(np.median(times))
-  tokens_per_s = cfg.data.batch_size * cfg.data.seq_len / step_s
+    return metrics
+
+  compile_s = _timed(train_step, 1)[0]
+  step_s = float(np.median(_timed(train_step, steps)))
+  tokens = cfg.data.batch_size * cfg.data.seq_len
   # Evaluation: the jitted eval step (loss sums, no gradients) on the same batch.
-  jax.block_until_ready(trn.eval_step(state.params, batch))
-  eval_times = []
-  for _ in range(steps):
-    start = time.perf_counter()
-    jax.block_until_ready(trn.eval_step(state.params, batch))
-    eval_times.append(time.perf_counter() - start)
+  eval_step = lambda: trn.eval_step(state.params, batch)
+  _timed(eval_step, 1)  # compiles
+  eval_s = float(np.median(_timed(eval_step, steps)))
   return {"params": trn.param_count(), "compile_s": compile_s, "ms_per_step": step_s * 1e3,
-          "tokens_per_s": tokens_per_s, "gflops": tokens_per_s * trn.flops_per_token() / 1e9,
-          "eval_tokens_per_s": cfg.data.batch_size * cfg.data.seq_len / float(np.median(eval_times)),
-          "loss": float(metrics["loss"]), "state": state, "trainer": trn}
+          "tokens_per_s": tokens / step_s, "gflops": tokens / step_s * trn.flops_per_token() / 1e9,
+          "eval_tokens_per_s": tokens / eval_s, "loss": float(metrics["loss"]), "state": state, "trainer": trn}
+
+
+def _timed(fn, repeats: int) -> list[float]:
+  """Seconds of each of `repeats` calls of fn, its result waited for."""
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - start)
+  return times
 
 
 def bench_decode(cfg, trn, params, batch_size: int, repeats: int = 3) -> float | None:
@@ -117,12 +120,7 @@ def bench_decode(cfg, trn, params, batch_size: int, repeats: int = 3) -> float |
     run = lambda: sampling.sample(trn.model, params, prompts, max_new_tokens=new_tokens, rng=jax.random.PRNGKey(0),
                                   temperature=0.0)
   run()  # compiles
-  best = float("inf")
-  for _ in range(repeats):
-    start = time.perf_counter()
-    run()
-    best = min(best, time.perf_counter() - start)
-  return batch_size * new_tokens / best
+  return batch_size * new_tokens / min(_timed(run, repeats))
 
 
 def main(argv=None):

@@ -29,6 +29,22 @@ def pool(x_BLD, segment_ids_BL, pooling: str):
   raise ValueError(f"pooling = {pooling!r} is not one of {', '.join(POOLINGS)}.")
 
 
+def body_features(body: nn.Module, tokens_BL, segment_ids_BL, positions_BL, deterministic: bool, **extra):
+  """The body's final hidden states [B, L, D] in float32 (an encoder-decoder's encoder output); `extra`
+  keyword inputs (prefix_BL, token_types_BL) reach Transformer and recurrent bodies."""
+  if isinstance(body, encdec.EncoderDecoder):
+    h_BLD = body.encode(tokens_BL, segment_ids_BL, positions_BL, deterministic=deterministic)
+  else:
+    h_BLD = body(tokens_BL, segment_ids_BL, positions_BL, deterministic=deterministic, features=True, **extra)
+  return h_BLD.astype(jnp.float32)
+
+
+def linear_head(x, features: int):
+  """The task head: one Dense layer named `head` (N(0, 0.02) kernel, zero bias), inside the caller."""
+  return nn.Dense(features, kernel_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), ("embed", None)),
+                  bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (None,)), name="head")(x)
+
+
 class Classifier(nn.Module):
   """body -> hidden states [B, L, D] (the encoder's for an encoder-decoder) -> pool -> dropout -> linear
   head. Returns float32 class logits [B, C]. freeze_body stops gradients at the pooled features, so a
@@ -44,20 +60,14 @@ class Classifier(nn.Module):
     """prefix_BL: the tokens a prefix-LM body reads bidirectionally (Transformer bodies only)."""
     if segment_ids_BL is None:
       segment_ids_BL = (tokens_BL != 0).astype(jnp.int32)
-    if isinstance(self.body, encdec.EncoderDecoder):
-      h_BLD = self.body.encode(tokens_BL, segment_ids_BL, positions_BL, deterministic=deterministic)
-    else:
-      extra = {} if prefix_BL is None else {"prefix_BL": prefix_BL}
-      h_BLD = self.body(tokens_BL, segment_ids_BL, positions_BL, deterministic=deterministic, features=True,
-                        **extra)
-    pooled_BD = pool(h_BLD.astype(jnp.float32), segment_ids_BL, self.pooling)
+    extra = {} if prefix_BL is None else {"prefix_BL": prefix_BL}
+    h_BLD = body_features(self.body, tokens_BL, segment_ids_BL, positions_BL, deterministic, **extra)
+    pooled_BD = pool(h_BLD, segment_ids_BL, self.pooling)
     if self.freeze_body:
       pooled_BD = jax.lax.stop_gradient(pooled_BD)
     if self.dropout_rate > 0 and not deterministic:
       pooled_BD = nn.Dropout(self.dropout_rate)(pooled_BD, deterministic=False)
-    return nn.Dense(self.num_classes, kernel_init=nn.with_logical_partitioning(
-        nn.initializers.normal(0.02), ("embed", None)),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (None,)), name="head")(pooled_BD)
+    return linear_head(pooled_BD, self.num_classes)
 
 
 class SpanExtractor(nn.Module):
@@ -73,23 +83,15 @@ class SpanExtractor(nn.Module):
                token_types_BL=None, deterministic=True):
     if segment_ids_BL is None:
       segment_ids_BL = (tokens_BL != 0).astype(jnp.int32)
-    if isinstance(self.body, encdec.EncoderDecoder):
-      h_BLD = self.body.encode(tokens_BL, segment_ids_BL, positions_BL, deterministic=deterministic)
-    else:
-      extra = {}
-      if token_types_BL is not None and getattr(self.body.config, "num_token_types", 0):
-        extra["token_types_BL"] = token_types_BL
-      h_BLD = self.body(tokens_BL, segment_ids_BL, positions_BL, deterministic=deterministic, features=True,
-                        **extra)
-    h_BLD = h_BLD.astype(jnp.float32)
+    extra = {}
+    if token_types_BL is not None and getattr(self.body.config, "num_token_types", 0):
+      extra["token_types_BL"] = token_types_BL
+    h_BLD = body_features(self.body, tokens_BL, segment_ids_BL, positions_BL, deterministic, **extra)
     if self.freeze_body:
       h_BLD = jax.lax.stop_gradient(h_BLD)
     if self.dropout_rate > 0 and not deterministic:
       h_BLD = nn.Dropout(self.dropout_rate)(h_BLD, deterministic=False)
-    logits_BL2 = nn.Dense(2, kernel_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), ("embed", None)),
-                          bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (None,)),
-                          name="head")(h_BLD)
-    logits_B2L = jnp.swapaxes(logits_BL2, 1, 2)
+    logits_B2L = jnp.swapaxes(linear_head(h_BLD, 2), 1, 2)
     if candidates_BL is not None:
       logits_B2L = jnp.where(candidates_BL[:, None, :] > 0, logits_B2L, -1e9)
     return logits_B2L

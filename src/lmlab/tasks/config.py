@@ -138,12 +138,16 @@ def qa_mode(cfg) -> str:
 
 def prefix_input(cfg) -> bool:
   """Whether the task input is read as a bidirectional prefix (a decoder pretrained as a prefix LM)."""
-  return objectives.get(cfg.objective.name).model_options.get("prefix", False)
+  return _model_option(cfg, "prefix")
 
 
 def _bidirectional(cfg) -> bool:
   """Whether the model reads its whole input (an RNN trained with a masked-LM objective)."""
-  return objectives.get(cfg.objective.name).model_options.get("bidirectional", False)
+  return _model_option(cfg, "bidirectional")
+
+
+def _model_option(cfg, name: str) -> bool:
+  return objectives.get(cfg.objective.name).model_options.get(name, False)
 
 
 def split_init_from(init_from: str) -> tuple[str, int | None]:

@@ -88,5 +88,5 @@ def eval_step(params, batch, *, model, terms: tuple[losses.LossTerm, ...]):
 def target_log_probs(params, batch, *, model):
   """float32 [B]: each row's sum of log p(target) over its weighted target positions."""
   logits = models.apply(model, {"params": params}, batch, deterministic=True)["logits"].astype(jnp.float32)
-  log_p = jnp.take_along_axis(jax.nn.log_softmax(logits), batch["targets"][..., None], axis=-1)[..., 0]
+  log_p = -optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
   return jnp.sum((log_p * batch["weights"]).reshape(log_p.shape[0], -1), axis=1)

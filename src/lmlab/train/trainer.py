@@ -35,10 +35,9 @@ class Trainer:
                num_steps: int | None = None, warmup_steps: int | None = None,
                loss_terms: tuple[LossTerm, ...] | None = None):
     """num_classes > 0 / span: the family's model as the body of a classifier / span extractor
-    (models.build); layer_decay and
-    freeze_body: per-layer learning rates (optimizer.layer_lr_scales); num_steps / warmup_steps: the
-    schedule's length (default cfg.train.num_steps, cfg.optim.warmup_steps); loss_terms: default the
-    objective's, the task's targets alone (TOKENS) for a classifier."""
+    (models.build); layer_decay and freeze_body: per-layer learning rates (optimizer.layer_lr_scales);
+    num_steps / warmup_steps: the schedule's length (default cfg.train.num_steps, cfg.optim.warmup_steps);
+    loss_terms: default the objective's, the task's targets alone (TOKENS) for a task head."""
     self.mesh, self.seq_len = mesh, cfg.data.seq_len
     self.model = models.build(cfg, vocab_size, num_classes, pooling, freeze_body, span)
     num_steps = cfg.train.num_steps if num_steps is None else num_steps

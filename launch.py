@@ -28,6 +28,7 @@ Multi-host: start one process per host with --num_processes, --process_id and --
 
 import copy
 import importlib.util
+import inspect
 import os
 import sys
 import traceback
@@ -149,7 +150,7 @@ def plan(cfg):
 
 def sweep(cfg):
   from lmlab import errors
-  from lmlab.sweeps import engine, points
+  from lmlab.sweeps import engine, points, stages
   if FLAGS.status:
     try:
       print(engine.status(FLAGS.status))
@@ -165,16 +166,26 @@ def sweep(cfg):
     raise app.UsageError(f"--max_parallel={FLAGS.max_parallel} must be at least 1.")
   sweep_dir = FLAGS.workdir or cfg.workdir or os.path.join("runs", cfg.name + "_sweep")
   cfg.workdir = None
-  grid = points.expand(cfg, list(module.get_sweep()), sweep_dir)
-  engine.record_points(sweep_dir, grid, sys.argv)
+  variant = flags.FLAGS["config"].config_filename.partition(":")[2] or None  # "size=tiny" of "x.py:size=tiny"
+  declared = list(module.get_sweep(variant) if inspect.signature(module.get_sweep).parameters else module.get_sweep())
   window = FLAGS.array_parallelism if FLAGS.executor == "slurm" else 1 if FLAGS.executor == "debug" else FLAGS.max_parallel
-  print(f"sweep {sweep_dir}: {len(grid)} points, executor {FLAGS.executor}, at most {window} at once")
-  slurm_options = _slurm_options()
-  counts = engine.run(grid, sweep_dir, FLAGS.executor, FLAGS.max_parallel, FLAGS.retry_failed, FLAGS.timeout_min,
-                      FLAGS.cpu_binding, slurm_options=slurm_options,
-                      tasks=FLAGS.tasks_per_node)
+  options = dict(executor=FLAGS.executor, max_parallel=FLAGS.max_parallel, retry_failed=FLAGS.retry_failed,
+                 timeout_min=FLAGS.timeout_min, cpu_binding=FLAGS.cpu_binding, slurm_options=_slurm_options(),
+                 tasks=FLAGS.tasks_per_node)
+  if stages.is_staged(declared):
+    print(f"sweep {sweep_dir}: {len(declared)} stages, executor {FLAGS.executor}, at most {window} at once")
+    grid, counts = stages.run(cfg, declared, sweep_dir, os.path.dirname(os.path.abspath(module.__file__)),
+                              sys.argv, **options)
+  else:
+    grid = points.expand(cfg, declared, sweep_dir)
+    engine.record_points(sweep_dir, grid, sys.argv)
+    print(f"sweep {sweep_dir}: {len(grid)} points, executor {FLAGS.executor}, at most {window} at once")
+    counts = engine.run(grid, sweep_dir, **options)
   print(engine.status(sweep_dir))
-  if counts.get("done"):
+  if counts.get("done") and hasattr(module, "report"):  # the experiment's own report (e.g. paired differences)
+    for line in module.report(sweep_dir, FLAGS.report_plots):
+      print(line)
+  elif counts.get("done"):
     from lmlab import report
     result = report.report(sweep_dir, plots=FLAGS.report_plots)
     print(result["markdown"])

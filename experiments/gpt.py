@@ -6,7 +6,8 @@ Run (2-core CPU, about 7 minutes including tokenizer training; the result is in 
 Expected: validation perplexity about 190-230 after 300 steps (1.2M tokens seen; the spread between
 runs is large at this budget); objective=prefix_lm: 279 on the suffix tokens. See the README for the
 measured figures. Variants (comma separated after the colon):
-  size=tiny|small|base        tiny: seconds, for tests; small: the CPU default (4 layers, d_model 256, 4 heads,
+  size=tiny|mini|small|base   tiny: seconds, for tests; mini: d_model 128, MLP 512, 900 steps (the
+                              ablations' scale); small: the CPU default (4 layers, d_model 256, 4 heads,
                               MLP 1024, rows of 128, batch 32, 4,096 pieces, 300 steps at lr 3e-3); base:
                               GPT-2-small scale (124M-class, bfloat16, scanned layers, FSDP) for
                               accelerators. Every field of each preset: lmlab.config.SIZES.

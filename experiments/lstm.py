@@ -9,7 +9,7 @@ Expected (measured on the 2-core CPU, size=small = 2 layers of 256, 300 steps): 
 perplexity 482 in ~3 min, GRU 356 (GPT small at the same budget: 230); objective=mlm: see the README
 table.
 Variants (comma separated after the colon):
-  size=tiny|small|base        as in experiments/gpt.py; the recurrent width is d_model
+  size=tiny|mini|small|base   as in experiments/gpt.py; the recurrent width is d_model
   cell=lstm|gru
   objective=causal_lm|mlm     mlm trains a bidirectional LSTM/GRU (forward and backward states
                               combined) with BERT's masking

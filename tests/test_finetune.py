@@ -124,6 +124,63 @@ def test_pooling_picks_first_last_and_mean_of_the_real_tokens():
                              np.stack([x_BLD[0, :3].mean(0), x_BLD[1].mean(0)]), rtol=1e-6)
 
 
+def test_last_text_pools_the_token_before_the_closing_one_and_auto_pools_what_pretraining_trained():
+  x_BLD = np.random.default_rng(0).normal(size=(2, 5, 3)).astype(np.float32)
+  seg_BL = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+  np.testing.assert_allclose(heads.pool(x_BLD, seg_BL, "last_text"), np.stack([x_BLD[0, 1], x_BLD[1, 3]]))
+  np.testing.assert_allclose(heads.pool(x_BLD, seg_BL, "pooler"), x_BLD[:, 0])  # the dense + tanh follow
+  auto = {(family, objective): task_config.pooling(finetune_config(family=family, objective=objective))
+          for family, objective in FAMILIES + [("decoder", "prefix_lm"), ("encoder", "mlm")]}
+  # [CLS] through BERT's pooler for encoders; for the rest the mean, never EOS (which causal pretraining
+  # never trains as an input).
+  assert auto == {("decoder", "causal_lm"): "mean", ("encoder", "mlm_nsp"): "pooler",
+                  ("encoder_decoder", "span_corruption"): "mean", ("rnn", "causal_lm"): "mean",
+                  ("rnn", "mlm"): "mean", ("decoder", "prefix_lm"): "mean", ("encoder", "mlm"): "pooler"}
+
+
+@pytest.mark.parametrize("objective", ["mlm_nsp", "mlm"])
+def test_bert_pooler_is_transferred_when_the_checkpoint_has_one(objective, tmp_path):
+  pre_dir, pre_params = pretrain_dir(tmp_path, "encoder", objective)
+  cfg = finetune_config(pre_dir)
+  assert task_config.pooling(cfg) == "pooler"
+  init, state = transferred(cfg, num_classes=5)
+  for name in ("kernel", "bias"):
+    if objective == "mlm_nsp":  # pretrained with next-sentence prediction: its pooler
+      np.testing.assert_array_equal(state.params["pooler"][name], pre_params["pooler"][name])
+      assert not np.array_equal(state.params["pooler"]["kernel"], init.params["pooler"]["kernel"])
+    else:  # plain masked LM has no pooler: a fresh one, like the head
+      np.testing.assert_array_equal(state.params["pooler"][name], init.params["pooler"][name])
+
+
+@pytest.mark.parametrize("family,objective", [("decoder", "causal_lm"), ("encoder", "mlm_nsp")])
+def test_chunked_pooling_equals_single_row_pooling_on_short_texts(family, objective):
+  sp = WordTokenizer()
+  words = np.random.default_rng(0).integers(1, 40, 30)
+  texts = ["a bb ccc", " ".join("x" * n for n in words)]  # 3 words; 30 words: 3 chunks of 14 (+ the frame)
+  single = inputs.classification_arrays(sp, texts, family, seq_len=16, labels=[0, 1])
+  chunked = inputs.classification_arrays(sp, texts, family, seq_len=16, labels=[0, 1], max_chunks=4)
+  assert chunked["tokens"].shape == (2, 4, 16)
+  np.testing.assert_array_equal(chunked["tokens"][:, 0], single["tokens"])  # the first chunk is the cut row
+  assert chunked["segment_ids"][0, 1:].sum() == 0 and chunked["segment_ids"][1, :3].all(-1).any()
+  assert chunked["segment_ids"][1, 3].sum() == 0
+  cfg = finetune_config(family=family, objective=objective)
+  # (A causal decoder's first token, BOS in every chunk, has the same features in all: no pooler there.)
+  for pooling in ("mean", "last_text") + (("pooler",) if family == "encoder" else ()):
+    model = models.build(cfg, V, 3, pooling)
+    params = model.init(jax.random.PRNGKey(0), single["tokens"])
+    run = lambda arrays: models.apply(model, params, arrays)["logits"]
+    out_single, out_chunked = run(single), run(chunked)
+    np.testing.assert_allclose(out_chunked[0], out_single[0], atol=1e-5)  # one chunk: the same features
+    # Several chunks: features combined (mean pooling: weighted by tokens), not those of the first row.
+    assert not np.allclose(out_chunked[1], out_single[1], atol=1e-4)
+    # Chunking is a function of each chunk alone: the logits of a text's chunks read as separate
+    # one-chunk examples combine to the text's (through the linear head; mean pooling by token count).
+    rows = {k: v[1][:3] for k, v in chunked.items() if v.ndim > 1}
+    per_chunk = run(dict(rows, targets=np.zeros(3, np.int32), weights=np.ones(3, np.float32)))
+    counts = rows["segment_ids"].sum(-1) if pooling == "mean" else np.ones(3)
+    np.testing.assert_allclose(out_chunked[1], (per_chunk * counts[:, None]).sum(0) / counts.sum(), atol=1e-4)
+
+
 @pytest.mark.parametrize("scan", [False, True])
 def test_layer_decay_scales_by_depth_and_freezing_zeroes_the_body(scan):
   cfg = finetune_config(**{"model.scan_layers": scan})

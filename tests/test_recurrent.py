@@ -12,8 +12,8 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from lmlab import config as config_lib
-from lmlab.models.recurrent import (RecurrentConfig, RecurrentLM, flops_per_token, segment_ends,
-                                    segment_starts)
+from lmlab.models.recurrent import (RecurrentConfig, RecurrentLM, RecurrentStep, flops_per_token,
+                                    segment_ends, segment_starts)
 from lmlab.models.transformer import param_count
 from lmlab.train import optimizer, partitioning
 
@@ -65,6 +65,57 @@ def test_shapes_and_dtypes(cell, bidirectional):
   assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(nn.meta.unbox(variables)))
   logits = jax.eval_shape(model.apply, variables, tokens(), jnp.ones((B, L), jnp.int32))
   assert logits.shape == (B, L, V) and logits.dtype == jnp.float32
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_step_matches_flax_reference_cell(cell):
+  # Our step (input share of the gates precomputed outside the scan) computes flax's LSTM / GRU cell
+  # (gates i, f, g, o and r, z, n) given the same weights.
+  cfg = RecurrentConfig(vocab_size=V, cell=cell, d_model=D)
+  rng = np.random.default_rng(0)
+  x_BD, h_BD, c_BD = (jnp.asarray(rng.normal(size=(B, D)), jnp.float32) for _ in range(3))
+  gates = ("i", "f", "g", "o") if cell == "lstm" else ("r", "z", "n")
+  w_in = {g: rng.normal(size=(D, D)) / 4 for g in gates}
+  w_h = {g: rng.normal(size=(D, D)) / 4 for g in gates}
+  b = {g: rng.normal(size=D) for g in gates}
+  xg_BG = jnp.asarray(x_BD @ np.concatenate([w_in[g] for g in gates], 1) + np.concatenate([b[g] for g in gates]),
+                      jnp.float32)
+  if cell == "lstm":
+    ours = {"recurrent": {"kernel": np.concatenate([w_h[g] for g in gates], 1)}}
+    ref = nn.OptimizedLSTMCell(D)
+    ref_params = {f"i{g}": {"kernel": w_in[g]} for g in gates} | {f"h{g}": {"kernel": w_h[g], "bias": b[g]} for g in gates}
+    carry = (c_BD, h_BD)
+  else:
+    # flax's GRU: n = tanh(W_in x + b_in + r * (W_hn h + b_hn)); our bias of n's recurrent share is b_hn.
+    ours = {"recurrent": {"kernel": np.concatenate([w_h[g] for g in gates], 1), "bias": np.zeros(3 * D)}}
+    ref = nn.GRUCell(D)
+    ref_params = {f"i{g}": {"kernel": w_in[g], "bias": b[g]} for g in gates} | {f"h{g}": {"kernel": w_h[g]} for g in gates}
+    ref_params["hn"]["bias"] = np.zeros(D)
+    carry = h_BD
+  reset_B = jnp.zeros(B, bool)
+  (carry_ours, out_ours) = RecurrentStep(cfg).apply({"params": ours}, carry, (xg_BG, reset_B))
+  (carry_ref, out_ref) = ref.apply({"params": ref_params}, carry, x_BD)
+  np.testing.assert_allclose(out_ours, out_ref, atol=1e-5)
+  for a, r in zip(jax.tree_util.tree_leaves(carry_ours), jax.tree_util.tree_leaves(carry_ref)):
+    np.testing.assert_allclose(a, r, atol=1e-5)
+  # A reset row starts from the zero state.
+  _, out_reset = RecurrentStep(cfg).apply({"params": ours}, carry, (xg_BG, jnp.ones(B, bool)))
+  zero = jax.tree_util.tree_map(jnp.zeros_like, carry)
+  np.testing.assert_allclose(out_reset, ref.apply({"params": ref_params}, zero, x_BD)[1], atol=1e-5)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_forget_gate_bias_starts_at_one(cell):
+  params = init(make(cell=cell, bidirectional=True))
+  for direction in ("fwd", "bwd"):
+    bias = np.asarray(params["layer_0"][direction]["input"]["bias"])
+    if cell == "lstm":  # gates [i | f | g | o]: only f starts at 1 (Jozefowicz et al. 2015)
+      np.testing.assert_array_equal(bias, np.repeat([0.0, 1.0, 0.0, 0.0], D))
+    else:
+      np.testing.assert_array_equal(bias, np.zeros(3 * D))
+    kernel = np.asarray(params["layer_0"][direction]["step"]["recurrent"]["kernel"])
+    for block in np.split(kernel, bias.size // D, axis=1):  # each gate's recurrence starts orthogonal
+      np.testing.assert_allclose(block.T @ block, np.eye(D), atol=1e-5)
 
 
 def test_bfloat16_forward_runs_close_to_float32():
@@ -145,7 +196,7 @@ def test_every_param_is_logically_partitioned(cell, bidirectional, tie):
   decays = dict(jax.tree_util.tree_leaves_with_path(optimizer.decay_mask(params)))
   leaves = jax.tree_util.tree_leaves_with_path(params, is_leaf=lambda x: isinstance(x, nn.Partitioned))
   names = {"/".join(k.key for k in path) for path, _ in leaves}
-  assert any(n.startswith("layer_1/bwd/cell/") for n in names) == bidirectional
+  assert any(n.startswith("layer_1/bwd/") for n in names) == bidirectional
   assert ("unembed" in names) == (not tie)
   for path, leaf in leaves:
     name = "/".join(k.key for k in path)
@@ -165,7 +216,7 @@ def test_sharded_forward_matches_unsharded():
   mesh = partitioning.make_mesh((1, 2, 4))
   boxed = jax.eval_shape(model.init, jax.random.key(0), tokens())["params"]
   params = jax.device_put(init(model), partitioning.state_shardings(boxed, mesh))
-  assert params["layer_0"]["fwd"]["cell"]["ii"]["kernel"].sharding.spec == P("fsdp", "tensor")
+  assert params["layer_0"]["fwd"]["input"]["kernel"].sharding.spec == P("fsdp", "tensor")
   out = forward(model, params, jax.device_put(tokens(), partitioning.batch_sharding(mesh)))
   np.testing.assert_allclose(out, forward(model, init(model), tokens()), atol=1e-5)
 
@@ -197,9 +248,9 @@ def test_param_count_and_flops_by_hand():
   lstm = 4 * (2 * D * D + D)
   assert param_count(shapes(make())) == 2 * lstm + V * D
   assert flops_per_token(make().config, shapes(make())) == 6 * (2 * lstm + V * D)
-  # GRU layer: 3 gates x (2 D*D + D) + the extra bias of the candidate's recurrent term; untied output;
+  # GRU layer: 3 gates x (2 D*D + an input and a recurrent bias, as PyTorch / cuDNN); untied output;
   # bidirectional: two directions + a 2D -> D combine with bias.
-  gru = 3 * (2 * D * D + D) + D
+  gru = 3 * (2 * D * D + 2 * D)
   model = make(cell="gru", bidirectional=True, tie_embeddings=False)
   n = 2 * (2 * gru + 2 * D * D + D) + V * D  # the input embedding is a lookup
   assert param_count(shapes(model)) == n + V * D

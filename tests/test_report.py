@@ -224,3 +224,15 @@ def test_cli_without_finished_runs_prints_one_error_line(tmp_path, capsys):
       report_lib.main([str(tmp_path), "--no-plots", *args])
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+
+
+def test_paired_difference_by_hand():
+  # Seed 3 is only in a; the pairs differ by 0.1, 0.2, 0.3 (mean 0.2, sd 0.1, t(2) = 4.303).
+  a, b = {0: 0.6, 1: 0.5, 2: 0.9, 3: 0.1}, {0: 0.5, 1: 0.3, 2: 0.6}
+  d = stats.paired_difference(a, b)
+  assert d["seeds"] == [0, 1, 2] and d["n"] == 3
+  assert d["mean"] == pytest.approx(0.2) and d["sd"] == pytest.approx(0.1)
+  half = 4.302653 * 0.1 / math.sqrt(3)
+  assert (d["ci_low"], d["ci_high"]) == (pytest.approx(0.2 - half, abs=1e-6), pytest.approx(0.2 + half, abs=1e-6))
+  # Unpaired, the same values overlap: pairing is what removes the shared seed variation.
+  assert stats.interval(list(a.values())[:3])["ci_low"] < stats.interval(list(b.values()))["ci_high"]

@@ -8,8 +8,8 @@ import threading
 import pytest
 
 from launching import experiment_config
-from lmlab.errors import ConfigError
-from lmlab.sweeps import engine, grid, points, worker
+from lmlab.errors import ConfigError, RunStopped
+from lmlab.sweeps import engine, grid, points, stages, worker
 from lmlab.train import workdir
 
 
@@ -40,6 +40,8 @@ def test_points_are_named_by_their_overrides_and_hashed_by_what_changes_results(
                                                       "train.log_every": 7, "name": "other"})
   assert points.results_hash(changed) == a.key
   assert points.readable({"a.lr": 1, "b.lr": 2, "data.text_glob": "x/*.txt"}) == "a.lr=1,b.lr=2,text_glob=x_.txt"
+  assert points.readable({"init_from": "/runs/s/experiment=gpt.py_size=mini-1234abcd/"}) == (
+      "init_from=experiment=gpt.py_size=mini-1234abcd")  # a pretraining run: its directory's name
   with pytest.raises(ConfigError, match="get_sweep\\(\\) item 0 .*optim.lrr"):
     points.expand(base, [{"optim.lrr": 1.0}], str(tmp_path))
 
@@ -235,3 +237,58 @@ def test_the_tasks_of_a_local_multi_task_job_join_over_127_0_0_1(monkeypatch):
                    ("initialize", "127.0.0.1:31234", 2, 1)]
   monkeypatch.setenv("SUBMITIT_LOCAL_NTASKS", "1")
   assert distributed.local_tasks() is None  # one task per point: one process
+
+
+def test_best_chooses_per_group_on_the_validation_metric():
+  """The per-system selection of a staged ablation: the best validation accuracy within each (system,
+  fraction); a tie keeps the first run in order."""
+  def result(system, lr, acc, fraction=0.1):
+    return stages.Result("select", {"optim.lr": lr}, f"/s/{system}-{lr}",
+                         {"name": system, "label_fraction": fraction, "validation": {"accuracy": acc}})
+  runs = [result("gpt", 1e-4, 0.50), result("gpt", 3e-4, 0.71), result("gpt", 1e-3, 0.64),
+          result("bert", 1e-4, 0.40), result("bert", 1e-3, 0.40), result("gpt", 1e-4, 0.30, fraction=0.01)]
+  chosen = stages.best(runs, group=lambda r: (r.summary["name"], r.summary["label_fraction"]),
+                       metric=lambda r: r.summary["validation"]["accuracy"])
+  assert {k: r.overrides["optim.lr"] for k, r in chosen.items()} == {
+      ("gpt", 0.1): 3e-4, ("bert", 0.1): 1e-4, ("gpt", 0.01): 1e-4}
+  lowest = stages.best(runs, group=lambda r: r.summary["name"], metric=lambda r: r.summary["validation"]["accuracy"],
+                       mode="min")
+  assert lowest["gpt"].summary["validation"]["accuracy"] == 0.30
+
+
+def test_stages_run_in_order_on_the_results_of_the_earlier_ones(tmp_path, bbc_data_dir, monkeypatch):
+  """A later stage is a function of the earlier stages' finished points, and a point may start from
+  another experiment file; a stage that does not finish stops the sweep before the next one."""
+  experiments = tmp_path / "experiments"
+  experiments.mkdir()
+  (experiments / "ng.py").write_text(
+      "from launching import experiment_config\n"
+      "def get_config(arg=None):\n"
+      f"  c = experiment_config('ngram.py:size=tiny', **{{'data.tfds_data_dir': {bbc_data_dir!r}}})\n"
+      "  c.model.ngram_order = int(arg or 2)\n"
+      "  return c\n")
+  seen = []
+
+  def second(done):
+    seen.extend((r.stage, r.overrides["experiment"], r.summary["validation"]["loss"]) for r in done)
+    best = stages.best(done, group=lambda r: 0, metric=lambda r: r.summary["validation"]["loss"], mode="min")[0]
+    return [{"experiment": best.overrides["experiment"], "seed": 1}]
+
+  sweep = [stages.Stage("orders", [{"experiment": "ng.py:2"}, {"experiment": "ng.py:3"}]),
+           stages.Stage("seeds", second)]
+  sweep_dir = str(tmp_path / "sweep")
+  grid, counts = stages.run(experiment_config("ngram.py:size=tiny"), sweep, sweep_dir, str(experiments), ["x"],
+                            executor="debug", out=lambda line: None)
+  assert counts == {"done": 3} and [s for s, _, _ in seen] == ["orders", "orders"]
+  losses = {e: loss for _, e, loss in seen}
+  assert grid[-1].overrides == {"experiment": min(losses, key=losses.get), "seed": 1}
+  assert grid[0].config.model.ngram_order == 2 and grid[1].config.model.ngram_order == 3
+  assert grid[0].name.startswith("experiment=ng.py_2-")
+  # A failed point in the first stage: the second does not start.
+  os.remove(os.path.join(grid[0].workdir, "metrics.json"))
+  points.write_outcome(grid[0].workdir, {"state": "failed", "error": "boom"})
+  seen.clear()
+  with pytest.raises(RunStopped, match="stage 'orders' has 1 failed"):
+    stages.run(experiment_config("ngram.py:size=tiny"), sweep, sweep_dir, str(experiments), ["x"],
+               executor="debug", out=lambda line: None)
+  assert not seen

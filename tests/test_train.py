@@ -94,6 +94,12 @@ def test_weight_decay_only_on_matrices():
   assert flat["block_0/mlp/wi/kernel"] and flat["block_0/attn/qkv/kernel"] and flat["block_0/attn/out/kernel"]
   assert not flat["embed/embedding"] and not flat["pos_embed"] and not flat["unembed"]
   assert not any(v for k, v in flat.items() if "ln_" in k or k.endswith("bias"))
+  # BERT's token-type embedding is an embedding table too (it was decayed once: its names are (None, embed)).
+  cfg.model.family, cfg.objective.name = "encoder", "mlm_nsp"
+  trn = trainer.Trainer(cfg, cfg.tokenizer.vocab_size, mesh_of((1, 1, 1)))
+  mask = optimizer.decay_mask(jax.eval_shape(trn._init_params, jax.random.PRNGKey(0)))
+  flat = {"/".join(str(k.key) for k in path): v for path, v in jax.tree_util.tree_flatten_with_path(mask)[0]}
+  assert not flat["token_type_embed/embedding"] and not flat["embed/embedding"] and flat["pooler/kernel"]
 
 
 def test_learning_rate_warms_up_then_decays():

@@ -79,6 +79,11 @@ def test_mask_tokens_statistics(batch):
   assert np.all((corrupted[to_random] >= NUM_SPECIAL) & (corrupted[to_random] < VOCAB))
   np.testing.assert_array_equal(corrupted[~selected], tokens[~selected])
   np.testing.assert_array_equal(out["targets"], tokens)
+  # The weights by input kind (the evaluation's loss split) partition the selected positions.
+  np.testing.assert_array_equal(out["mask_weights"] > 0, to_mask)
+  np.testing.assert_array_equal(out["mask_weights"] + out["random_weights"] + out["kept_weights"], out["weights"])
+  assert np.all(corrupted[out["kept_weights"] > 0] == tokens[out["kept_weights"] > 0])
+  assert np.all(out["random_weights"][to_random] == 1)  # a random id equal to the original still counts
   for key in ("segment_ids", "positions"):
     np.testing.assert_array_equal(out[key], batch[key])
   # Selection is spread over the row, not biased to its start.

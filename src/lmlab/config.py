@@ -240,6 +240,13 @@ SIZES = {
         "train.num_steps": 20, "train.log_every": 5, "train.eval_every": 10, "train.eval_batches": 4,
         "train.checkpoint_every": 10, "sample.max_new_tokens": 8,
     },
+    # A quarter of small's FLOPs per token (d_model 128): the ablations' scale on a CPU, where their
+    # pretraining runs see 3-4M tokens (3-4 epochs of BBC News) within their time budget.
+    "mini": {
+        "model.num_layers": 4, "model.d_model": 128, "model.num_heads": 4, "model.mlp_dim": 512,
+        "data.seq_len": 128, "data.batch_size": 32, "tokenizer.vocab_size": 4096,
+        "optim.lr": 3e-3, "train.num_steps": 900, "train.eval_every": 300, "train.checkpoint_every": 300,
+    },
     # The CPU default: about 1.2M tokens seen in 300 steps.
     "small": {
         "model.num_layers": 4, "model.d_model": 256, "model.num_heads": 4, "model.mlp_dim": 1024,

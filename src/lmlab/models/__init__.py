@@ -77,7 +77,8 @@ def apply(model: nn.Module, variables, batch: dict, **kwargs) -> dict:
 def transfer(params: dict, pretrained: dict, source: str = "the pretrained checkpoint"
              ) -> tuple[dict, int, list[str]]:
   """`params` (a task model's) with its body taken from `pretrained` (the pretraining model's params):
-  a classifier's `body` subtree, or the whole tree for a model without a head (generation). Returns
+  a classifier's `body` subtree (and its `pooler`, BERT's, when the checkpoint has one), or the whole tree
+  for a model without a head (generation). Returns
   (params, tensors restored, pretrained tensors the task does not use, e.g. the LM output layers);
   ConfigError if a body tensor is missing or has another shape (the architectures differ)."""
   classifier = "body" in params
@@ -88,5 +89,15 @@ def transfer(params: dict, pretrained: dict, source: str = "the pretrained check
       raise ConfigError(f"The task model's parameter {'/'.join(key)} {value.shape} is not in {source} with "
                         "that shape; the architectures differ.")
   body = flax.traverse_util.unflatten_dict({key: source_flat[key] for key in target})
-  dropped = sorted("/".join(k) for k in source_flat if k not in target)
-  return (dict(params, body=body) if classifier else body), len(target), dropped
+  used = set(target)
+  out = dict(params, body=body) if classifier else body
+  # A classifier's pooler is BERT's pretrained pooler (the NSP head's dense + tanh) where the checkpoint
+  # has one of that shape; otherwise it stays freshly initialized, as the head does.
+  if classifier and "pooler" in params and "pooler" in pretrained:
+    pooler = flax.traverse_util.flatten_dict(params["pooler"])
+    source_pooler = {k: source_flat.get(("pooler",) + k) for k in pooler}
+    if all(v is not None and v.shape == pooler[k].shape for k, v in source_pooler.items()):
+      out["pooler"] = flax.traverse_util.unflatten_dict(source_pooler)
+      used |= {("pooler",) + k for k in pooler}
+  dropped = sorted("/".join(k) for k in source_flat if k not in used)
+  return out, len(used), dropped

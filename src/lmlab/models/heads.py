@@ -12,21 +12,35 @@ import jax.numpy as jnp
 
 from lmlab.models import encdec
 
-POOLINGS = ("first", "last", "mean")
+# first: the first token ([CLS]); pooler: BERT's pooler on it (dense + tanh, the pretrained one when the
+# checkpoint has it, see models.transfer); last: the last real token (EOS / [SEP]); last_text: the one
+# before it (the last token of the text, which causal pretraining trained as an input); mean: the mean of
+# the real tokens.
+POOLINGS = ("first", "pooler", "last", "last_text", "mean")
 
 
 def pool(x_BLD, segment_ids_BL, pooling: str):
-  """[B, D] from the real tokens (segment > 0) of each row: the first, the last, or their mean."""
+  """[B, D] from the real tokens (segment > 0) of each row (see POOLINGS; pooler's dense + tanh is applied
+  by the Classifier after "first")."""
   real_BL = segment_ids_BL > 0
-  if pooling == "first":
+  if pooling in ("first", "pooler"):
     return x_BLD[:, 0]
-  if pooling == "last":
-    last_B = jnp.maximum(jnp.sum(real_BL, axis=1) - 1, 0)
-    return jnp.take_along_axis(x_BLD, last_B[:, None, None], axis=1)[:, 0]
+  if pooling in ("last", "last_text"):
+    last_B = jnp.sum(real_BL, axis=1) - (1 if pooling == "last" else 2)
+    return jnp.take_along_axis(x_BLD, jnp.maximum(last_B, 0)[:, None, None], axis=1)[:, 0]
   if pooling == "mean":
     count_B1 = jnp.maximum(jnp.sum(real_BL, axis=1, keepdims=True), 1)
     return jnp.sum(jnp.where(real_BL[..., None], x_BLD, 0), axis=1) / count_B1
   raise ValueError(f"pooling = {pooling!r} is not one of {', '.join(POOLINGS)}.")
+
+
+def combine_chunks(pooled_BKD, segment_ids_BKL, pooling: str):
+  """[B, D]: the pooled features of each example's real chunks (rows with a real token), averaged; with
+  mean pooling weighted by their real tokens, so that the result is the mean over the whole text."""
+  real_BKL = segment_ids_BKL > 0
+  weight_BK = (jnp.sum(real_BKL, axis=-1) if pooling == "mean" else jnp.any(real_BKL, axis=-1)).astype(jnp.float32)
+  weight_BK1 = (weight_BK / jnp.maximum(jnp.sum(weight_BK, axis=1, keepdims=True), 1.0))[..., None]
+  return jnp.sum(pooled_BKD * weight_BK1, axis=1)
 
 
 def body_features(body: nn.Module, tokens_BL, segment_ids_BL, positions_BL, deterministic: bool, **extra):
@@ -39,16 +53,27 @@ def body_features(body: nn.Module, tokens_BL, segment_ids_BL, positions_BL, dete
   return h_BLD.astype(jnp.float32)
 
 
+def _kernel_init():
+  return nn.with_logical_partitioning(nn.initializers.normal(0.02), ("embed", None))
+
+
+def _bias_init():
+  return nn.with_logical_partitioning(nn.initializers.zeros_init(), (None,))
+
+
 def linear_head(x, features: int):
   """The task head: one Dense layer named `head` (N(0, 0.02) kernel, zero bias), inside the caller."""
-  return nn.Dense(features, kernel_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), ("embed", None)),
-                  bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (None,)), name="head")(x)
+  return nn.Dense(features, kernel_init=_kernel_init(), bias_init=_bias_init(), name="head")(x)
 
 
 class Classifier(nn.Module):
   """body -> hidden states [B, L, D] (the encoder's for an encoder-decoder) -> pool -> dropout -> linear
   head. Returns float32 class logits [B, C]. freeze_body stops gradients at the pooled features, so a
-  linear probe costs no backward pass through the body."""
+  linear probe costs no backward pass through the body.
+
+  A text longer than one row comes as chunks, tokens [B, K, L] (tasks/inputs.py): every chunk is read as
+  its own row and pooled, and the example's features combine its real chunks (combine_chunks), so a text
+  of one chunk gets exactly its single-row features."""
   body: nn.Module
   num_classes: int
   pooling: str = "last"
@@ -60,9 +85,17 @@ class Classifier(nn.Module):
     """prefix_BL: the tokens a prefix-LM body reads bidirectionally (Transformer bodies only)."""
     if segment_ids_BL is None:
       segment_ids_BL = (tokens_BL != 0).astype(jnp.int32)
-    extra = {} if prefix_BL is None else {"prefix_BL": prefix_BL}
-    h_BLD = body_features(self.body, tokens_BL, segment_ids_BL, positions_BL, deterministic, **extra)
-    pooled_BD = pool(h_BLD, segment_ids_BL, self.pooling)
+    chunks_BK = tokens_BL.shape[:-1]  # (B,) or (B, K): rows are read flat, [B K, L]
+    flat = lambda x: None if x is None else x.reshape(-1, x.shape[-1])
+    extra = {} if prefix_BL is None else {"prefix_BL": flat(prefix_BL)}
+    h_BLD = body_features(self.body, flat(tokens_BL), flat(segment_ids_BL), flat(positions_BL), deterministic,
+                          **extra)
+    pooled_BD = pool(h_BLD, flat(segment_ids_BL), self.pooling)
+    if self.pooling == "pooler":  # BERT's pooler, named as in the pretraining model (transferred from it)
+      pooled_BD = nn.tanh(nn.Dense(pooled_BD.shape[-1], kernel_init=_kernel_init(), bias_init=_bias_init(),
+                                   name="pooler")(pooled_BD))
+    if len(chunks_BK) == 2:
+      pooled_BD = combine_chunks(pooled_BD.reshape(*chunks_BK, -1), segment_ids_BL, self.pooling)
     if self.freeze_body:
       pooled_BD = jax.lax.stop_gradient(pooled_BD)
     if self.dropout_rate > 0 and not deterministic:

@@ -15,8 +15,6 @@ import jax.numpy as jnp
 
 from lmlab.models.transformer import param_count
 
-_CELLS = {"lstm": nn.OptimizedLSTMCell, "gru": nn.GRUCell}
-
 # Gate kernels read a d_model-wide input ("embed", split over fsdp) and write gate units ("mlp", split
 # over tensor), whether the input is x_t or the previous hidden state; the two names map to different
 # mesh axes, and two named axes make the optimizer's decay_mask give them weight decay.
@@ -34,6 +32,7 @@ class RecurrentConfig:
   tie_embeddings: bool = True
   bidirectional: bool = False  # True: each position sees its whole segment (masked LM only)
   dtype: jnp.dtype = jnp.float32  # compute dtype; params and the recurrent state are float32
+  forget_bias: float = 1.0  # initial LSTM forget-gate bias
 
   @classmethod
   def from_config(cls, model_cfg, vocab_size: int, max_len: int | None = None,
@@ -65,39 +64,96 @@ def segment_ends(segment_ids_BL):
   return segment_ids_BL != next_BL
 
 
-class ResettingCell(nn.Module):
-  """One time step of an LSTM / GRU cell whose carry is zeroed first where reset_B is true.
+def _gate_bias(cell: str, forget_bias: float):
+  """Zero gate biases, except the LSTM forget gate's (Jozefowicz et al. 2015: 1, so that the cell keeps
+  its state by default early in training). Gates are laid out [i | f | g | o] for the LSTM."""
+  def init(key, shape, dtype=jnp.float32):
+    del key
+    bias = jnp.zeros(shape, dtype)
+    if cell == "lstm":
+      width = shape[-1] // 4
+      bias = bias.at[width:2 * width].set(forget_bias)
+    return bias
+  return init
 
-  The body of an nn.scan over time: the carry is the cell state, the scanned input is (x_BD, reset_B).
+
+def _orthogonal_blocks(num_gates: int):
+  """An orthogonal [D, D] block per gate, side by side: [D, num_gates * D] (each gate's recurrence
+  starts norm-preserving, as flax's per-gate cells initialize it)."""
+  def init(key, shape, dtype=jnp.float32):
+    width = shape[-1] // num_gates
+    blocks = [nn.initializers.orthogonal()(k, (shape[0], width), dtype) for k in jax.random.split(key, num_gates)]
+    return jnp.concatenate(blocks, axis=-1)
+  return init
+
+
+class RecurrentStep(nn.Module):
+  """One time step of the recurrence, the body of an nn.scan over time: (carry, (xg_BG, reset_B)) ->
+  (carry, h_BD). xg_BG is the input's share of every gate, computed for all steps before the scan; the
+  step adds the recurrent share h @ U and applies the gates. The carry is zeroed first where reset_B.
+
+  LSTM: i, f, g, o = split(xg + h U); c' = s(f) c + s(i) tanh(g); h' = s(o) tanh(c').
+  GRU (PyTorch / cuDNN form): r, z, n from xg; r = s(xr + h Ur + br), z = s(xz + h Uz + bz),
+  n = tanh(xn + r (h Un + bn)); h' = (1 - z) n + z h.
   """
-  cfg: RecurrentConfig
+  cfg: "RecurrentConfig"
 
   @nn.compact
   def __call__(self, carry, inputs):
-    x_BD, reset_B = inputs
+    cfg = self.cfg
+    xg_BG, reset_B = inputs
     # Zero state = the state a fresh sequence starts from, so no information crosses documents.
     carry = jax.tree_util.tree_map(lambda c: jnp.where(reset_B[:, None], jnp.zeros_like(c), c), carry)
-    cell = _CELLS[self.cfg.cell](
-        self.cfg.d_model, dtype=self.cfg.dtype,
-        kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), _KERNEL),
-        recurrent_kernel_init=nn.with_logical_partitioning(nn.initializers.orthogonal(), _KERNEL),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("mlp",)), name="cell")
-    carry, h_BD = cell(carry, x_BD)
-    return carry, h_BD
+    h_BD = carry[1] if cfg.cell == "lstm" else carry
+    num_gates = xg_BG.shape[-1] // cfg.d_model
+    hg_BG = nn.Dense(num_gates * cfg.d_model, use_bias=cfg.cell == "gru", dtype=cfg.dtype,
+                     kernel_init=nn.with_logical_partitioning(_orthogonal_blocks(num_gates), _KERNEL),
+                     bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("mlp",)),
+                     name="recurrent")(h_BD.astype(cfg.dtype))
+    xg_BG, hg_BG = xg_BG.astype(jnp.float32), hg_BG.astype(jnp.float32)
+    if cfg.cell == "lstm":
+      i_BD, f_BD, g_BD, o_BD = jnp.split(xg_BG + hg_BG, 4, axis=-1)
+      c_BD = nn.sigmoid(f_BD) * carry[0] + nn.sigmoid(i_BD) * jnp.tanh(g_BD)
+      h_BD = nn.sigmoid(o_BD) * jnp.tanh(c_BD)
+      return (c_BD, h_BD), h_BD
+    xr_BD, xz_BD, xn_BD = jnp.split(xg_BG, 3, axis=-1)
+    hr_BD, hz_BD, hn_BD = jnp.split(hg_BG, 3, axis=-1)
+    r_BD, z_BD = nn.sigmoid(xr_BD + hr_BD), nn.sigmoid(xz_BD + hz_BD)
+    n_BD = jnp.tanh(xn_BD + r_BD * hn_BD)
+    h_BD = (1.0 - z_BD) * n_BD + z_BD * h_BD
+    return h_BD, h_BD
 
-  @nn.nowrap
-  def initial_carry(self, batch_size: int):
-    # float32 even for bf16 compute: the state accumulates over the whole sequence. The cells keep it
-    # float32 (their bf16 gate outputs are promoted when mixed with it), so the scan carry type is fixed.
-    h_BD = jnp.zeros((batch_size, self.cfg.d_model), jnp.float32)
-    return (h_BD, h_BD) if self.cfg.cell == "lstm" else h_BD  # LSTM carry is (c, h)
+
+def initial_carry(cfg: "RecurrentConfig", batch_size: int):
+  # float32 even for bf16 compute: the state accumulates over the whole sequence.
+  h_BD = jnp.zeros((batch_size, cfg.d_model), jnp.float32)
+  return (h_BD, h_BD) if cfg.cell == "lstm" else h_BD  # LSTM carry is (c, h)
 
 
-# Params are shared by all time steps (broadcast); time is axis 1 of x_BLD and reset_BL.
-_ScanCell = nn.scan(ResettingCell, variable_broadcast="params", split_rngs={"params": False},
-                    in_axes=1, out_axes=1)
-_ReverseScanCell = nn.scan(ResettingCell, variable_broadcast="params", split_rngs={"params": False},
-                           in_axes=1, out_axes=1, reverse=True)
+# Params are shared by all time steps (broadcast); time is axis 1 of the gate inputs and reset_BL.
+_Scan = nn.scan(RecurrentStep, variable_broadcast="params", split_rngs={"params": False}, in_axes=1, out_axes=1)
+_ReverseScan = nn.scan(RecurrentStep, variable_broadcast="params", split_rngs={"params": False}, in_axes=1,
+                       out_axes=1, reverse=True)
+
+
+class Direction(nn.Module):
+  """One direction of a recurrent layer over [B, L, D]: the input share of every gate for all positions
+  in one [B L, D] x [D, G D] matmul (outside the scan, where it runs as one large matmul instead of L
+  small ones), then the scan over time. Returns the hidden states [B, L, D] in float32."""
+  cfg: "RecurrentConfig"
+  reverse: bool = False
+
+  @nn.compact
+  def __call__(self, x_BLD, reset_BL):
+    cfg = self.cfg
+    num_gates = 4 if cfg.cell == "lstm" else 3
+    xg_BLG = nn.Dense(num_gates * cfg.d_model, dtype=cfg.dtype,
+                      kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), _KERNEL),
+                      bias_init=nn.with_logical_partitioning(_gate_bias(cfg.cell, cfg.forget_bias), ("mlp",)),
+                      name="input")(x_BLD)
+    scan = (_ReverseScan if self.reverse else _Scan)(cfg, name="step")
+    _, h_BLD = scan(initial_carry(cfg, x_BLD.shape[0]), (xg_BLG, reset_BL))
+    return h_BLD
 
 
 class RecurrentLayer(nn.Module):
@@ -107,15 +163,12 @@ class RecurrentLayer(nn.Module):
   @nn.compact
   def __call__(self, x_BLD, segment_ids_BL):
     cfg = self.cfg
-    B = x_BLD.shape[0]
-    fwd = _ScanCell(cfg, name="fwd")
-    _, h_BLD = fwd(fwd.initial_carry(B), (x_BLD, segment_starts(segment_ids_BL)))
+    h_BLD = Direction(cfg, name="fwd")(x_BLD, segment_starts(segment_ids_BL))
     if not cfg.bidirectional:
       return h_BLD.astype(cfg.dtype)
     # Reversed scan: starts at the last position and resets at every segment end, so padding (after
     # the last segment) and later segments never reach earlier positions.
-    bwd = _ReverseScanCell(cfg, name="bwd")
-    _, g_BLD = bwd(bwd.initial_carry(B), (x_BLD, segment_ends(segment_ids_BL)))
+    g_BLD = Direction(cfg, reverse=True, name="bwd")(x_BLD, segment_ends(segment_ids_BL))
     # Concat + project (not a sum): the directions keep separate features and the next layer (and a
     # tied output projection) still sees d_model wide inputs; costs 2 D^2 params per layer.
     hg_BL2D = jnp.concatenate([h_BLD, g_BLD], axis=-1).astype(cfg.dtype)

@@ -54,6 +54,9 @@ class Objective:
   # such as whole-word masking, None elsewhere (e.g. the benchmark's synthetic batches).
   data: Callable[..., ObjectiveData]
   losses: tuple[LossTerm, ...] = (TOKENS,)
+  # Terms evaluation reports beside `losses` but training never optimizes (e.g. masked LM's loss split by
+  # what the input showed at the target: [MASK], a random token, or the token unchanged).
+  eval_terms: tuple[LossTerm, ...] = ()
   # Derived model options the family's builder reads (bidirectional: an RNN reads its whole segment;
   # nsp_head: the encoder also returns next-sentence logits), and how inputs are fed (prefix: a prompt or a
   # task input is the model's bidirectional prefix, when sampling and fine-tuning).
@@ -68,6 +71,10 @@ class Objective:
     """The loss terms with their scales read from cfg.objective."""
     return tuple(dataclasses.replace(t, scale=float(cfg.objective[t.scale_key])) if t.scale_key else t
                  for t in self.losses)
+
+  def evaluation_terms(self, cfg) -> tuple[LossTerm, ...]:
+    """loss_terms(cfg), then the diagnostic eval_terms."""
+    return self.loss_terms(cfg) + self.eval_terms
 
 
 def segment_starts(segment_ids_BL) -> np.ndarray:

@@ -19,7 +19,18 @@ def mask_tokens_spec(batch_size: int, seq_len: int) -> dict:
   """Output of mask_tokens; any other input key (token_types, nsp_labels, ...) passes through as is."""
   shape = (batch_size, seq_len)
   return {"tokens": (shape, I32), "targets": (shape, I32), "weights": (shape, F32),
-          "segment_ids": (shape, I32), "positions": (shape, I32)}
+          "segment_ids": (shape, I32), "positions": (shape, I32), **_kind_spec(shape)}
+
+
+# What the input shows at a selected position: [MASK], a random token, or the token unchanged. Each has
+# a weight array (they sum to `weights`) and an evaluation-only loss term: the masked-LM loss split by
+# input kind, where the unigram plateau is visible (a model that ignores context scores the same on all
+# three; one that reads the input is near-perfect on unchanged tokens and uses context for [MASK]).
+INPUT_KINDS = ("mask", "random", "kept")
+
+
+def _kind_spec(shape) -> dict:
+  return {f"{kind}_weights": (shape, F32) for kind in INPUT_KINDS}
 
 
 def check_mlm_settings(*, vocab_size, num_special, mask_rate, replace_with_mask, replace_random,
@@ -58,8 +69,9 @@ def mask_tokens(batch: dict, rng: np.random.Generator, *, vocab_size: int, num_s
   words may still fill it), so a row gets at most the count, occasionally fewer; the 80/10/10 decision is
   made per piece, as BERT does.
 
-  Outputs the corrupted tokens, targets (the original ids), weights (1.0 on selected tokens) and passes
-  every other key through.
+  Outputs the corrupted tokens, targets (the original ids), weights (1.0 on selected tokens), the
+  weights split by input kind (mask_weights, random_weights, kept_weights: INPUT_KINDS) and passes every
+  other key through.
   """
   check_mlm_settings(vocab_size=vocab_size, num_special=num_special, mask_rate=mask_rate,
                      replace_with_mask=replace_with_mask, replace_random=replace_random,
@@ -83,6 +95,9 @@ def mask_tokens(batch: dict, rng: np.random.Generator, *, vocab_size: int, num_s
   out["tokens"] = corrupted_BL.astype(I32)
   out["targets"] = tokens_BL.copy()
   out["weights"] = selected_BL.astype(F32)
+  to_keep_BL = selected_BL & ~to_mask_BL & ~to_random_BL
+  for kind, kind_BL in zip(INPUT_KINDS, (to_mask_BL, to_random_BL, to_keep_BL)):
+    out[f"{kind}_weights"] = kind_BL.astype(F32)
   return out
 
 
@@ -269,7 +284,8 @@ def next_sentence(batch: dict, rng: np.random.Generator, *, seq_len: int) -> dic
 def mlm_nsp_spec(batch_size: int, seq_len: int) -> dict:
   """Output of mlm_nsp: next_sentence's arrays plus the masked-LM targets and weights."""
   shape = (batch_size, seq_len)
-  return {**next_sentence_spec(batch_size, seq_len), "targets": (shape, I32), "weights": (shape, F32)}
+  return {**next_sentence_spec(batch_size, seq_len), "targets": (shape, I32), "weights": (shape, F32),
+          **_kind_spec(shape)}
 
 
 def mlm_nsp(batch: dict, rng: np.random.Generator, *, seq_len: int, **mlm_kwargs) -> dict:
@@ -314,12 +330,15 @@ def mlm_nsp_data(cfg, vocab_size: int, sp=None) -> ObjectiveData:
 # The next-sentence term: pooled [CLS] logits against the IsNext / NotNext label of each row.
 NSP = LossTerm(prefix="nsp_", logits="nsp_logits", targets="nsp_labels", weights="nsp_weights",
                scale_key="nsp_weight")
+# The masked-LM loss by input kind (evaluation only): metrics mask_loss, random_loss, kept_loss, ...
+BY_KIND = tuple(LossTerm(prefix=f"{kind}_", weights=f"{kind}_weights") for kind in INPUT_KINDS)
 
 OBJECTIVES = (
     Objective(
         name="mlm",
         families=("encoder", "rnn"),  # rnn: a bidirectional LSTM/GRU
         data=mlm_data,
+        eval_terms=BY_KIND,
         model_options={"bidirectional": True},
         decode="fill_mask",
     ),
@@ -328,6 +347,7 @@ OBJECTIVES = (
         families=("encoder",),
         data=mlm_nsp_data,
         losses=(TOKENS, NSP),
+        eval_terms=BY_KIND,
         model_options={"bidirectional": True, "nsp_head": True},
         decode="fill_mask_pair",
     ),

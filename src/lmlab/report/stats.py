@@ -1,5 +1,5 @@
-"""The report's statistics: mean, sd and 95% Student-t interval over seeds, per-step bands of curves, and
-power laws L = a·x^-alpha + c with a bootstrap interval for alpha."""
+"""The report's statistics: mean, sd and 95% Student-t interval over seeds (also of paired differences
+between two systems), per-step bands of curves, and power laws L = a·x^-alpha + c with a bootstrap interval for alpha."""
 
 import warnings
 
@@ -34,6 +34,14 @@ def interval(values) -> dict:
   v = v[~np.isnan(v)]
   mean, sd, half = (float(a[0]) for a in interval_columns(v[:, None]))
   return {"n": len(v), "mean": mean, "sd": sd, "ci_low": mean - half, "ci_high": mean + half}
+
+
+def paired_difference(a: dict, b: dict) -> dict:
+  """interval() of a[seed] - b[seed] over the seeds both have ({seed: value} each): two systems compared
+  on the same label subset and data order per seed, so seed-to-seed variation they share cancels. One
+  system beats the other when the interval excludes 0."""
+  seeds = sorted(set(a) & set(b))
+  return dict(interval([a[s] - b[s] for s in seeds]), seeds=seeds)
 
 
 def band(curves: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

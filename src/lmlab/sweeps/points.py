@@ -65,22 +65,34 @@ def readable(overrides: dict) -> str:
   for (key, value), leaf in zip(overrides.items(), leaves):
     name = leaf if leaves.count(leaf) == 1 else key
     shown = f"{value:g}" if isinstance(value, float) else str(value)
+    if key == "init_from" and isinstance(value, str):  # a pretraining run's directory: its last part
+      shown = os.path.basename(value.rstrip(os.sep))
     parts.append(f"{name}={shown}")
   text = re.sub(r"[^A-Za-z0-9_.,=+-]+", "_", ",".join(parts))
   return text[:80]
 
 
-def expand(base: ml_collections.ConfigDict, overrides_list: list[dict], sweep_dir: str) -> list[Point]:
+# An override key that is not a config field: the point's base config is this experiment ("gpt.py:size=small",
+# a file beside the sweep's own experiment file) instead of the sweep's (sweeps/stages.py).
+EXPERIMENT = "experiment"
+
+
+def expand(base: ml_collections.ConfigDict, overrides_list: list[dict], sweep_dir: str,
+           load_experiment=None) -> list[Point]:
   """One Point per override dict (an unknown key or a wrong type is a ConfigError naming the point);
-  override dicts that give the same config are one point."""
+  override dicts that give the same config are one point. A dict with an "experiment" key starts from
+  load_experiment(that spec) instead of `base`."""
   points, seen = [], set()
   for i, overrides in enumerate(overrides_list):
     if not isinstance(overrides, dict):
       raise ConfigError(f"get_sweep() item {i} is {overrides!r}, not a dict of config overrides.")
-    cfg = copy.deepcopy(base)
     try:
+      if EXPERIMENT in overrides and load_experiment is None:
+        raise ConfigError("an 'experiment' override needs a staged sweep (sweeps/stages.py)")
+      cfg = copy.deepcopy(base) if EXPERIMENT not in overrides else load_experiment(overrides[EXPERIMENT])
       for key, value in overrides.items():
-        config_lib.set_by_path(cfg, key, value)
+        if key != EXPERIMENT:
+          config_lib.set_by_path(cfg, key, value)
     except (ConfigError, KeyError, AttributeError, TypeError, ValueError) as e:
       raise ConfigError(f"get_sweep() item {i} {overrides}: {' '.join(str(e).split())}") from e
     key = results_hash(cfg)

@@ -54,6 +54,9 @@ def default_config() -> ml_collections.ConfigDict:
   t.target_field = "target"
   # Generation (and generated answers): target tokens (without EOS) trained on and generated at most.
   t.max_target_len = 24
+  # Classification: a text longer than one row is read as up to this many rows (chunks of seq_len), each
+  # pooled, their features combined (1: the text is cut after one row).
+  t.max_chunks = 1
   # Question answering (tasks/qa_inputs.py): the TFDS dataset ("": disfl_qa for disfl_qa, squad/v2.0 for
   # squad); question tokens kept; context tokens between the starts of overlapping windows; the longest
   # span (tokens) a span head may answer.
@@ -68,8 +71,10 @@ def default_config() -> ml_collections.ConfigDict:
   t.tokenizer = "corpus"
 
   c.finetune = f = ml_collections.ConfigDict()
-  # Classification pooling of the body's hidden states: first ([CLS]), last (last real token), mean;
-  # auto: first for encoder, last for decoder and causal rnn, mean for encoder_decoder and bidirectional rnn.
+  # Classification pooling of the body's hidden states (models/heads.py): first ([CLS]), pooler (BERT's
+  # dense + tanh on [CLS], transferred from an mlm_nsp checkpoint), last (the last real token: EOS / [SEP]),
+  # last_text (the token before it), mean; auto: pooler for the encoder, mean for the rest (decoders and
+  # causal RNNs never train EOS as an input: pretraining's targets across a document boundary have weight 0).
   f.pooling = "auto"
   # Train only the task head (a linear probe); the body's parameters stay as restored.
   f.freeze_body = False
@@ -121,12 +126,7 @@ def metric(cfg) -> tuple[str, str]:
 def pooling(cfg) -> str:
   if cfg.finetune.pooling != "auto":
     return cfg.finetune.pooling
-  family = cfg.model.family
-  if family == "encoder":
-    return "first"
-  if family == "encoder_decoder" or (family == "rnn" and _bidirectional(cfg)):
-    return "mean"
-  return "last"
+  return "pooler" if cfg.model.family == "encoder" else "mean"
 
 
 def qa_mode(cfg) -> str:
@@ -229,6 +229,8 @@ def validate(cfg, num_devices: int | None = None, process_count: int = 1) -> Non
   if t.tokenizer == "task" and cfg.init_from:
     raise ConfigError("config.task.tokenizer = 'task' trains a new tokenizer, but a pretrained model (config."
                       "init_from) only reads its own; use it for from-scratch runs (init_from = None).")
+  if t.max_chunks < 1:
+    raise ConfigError(f"config.task.max_chunks = {t.max_chunks} must be >= 1 (1: a text is cut after one row).")
   if not 0.0 < t.label_fraction <= 1.0:
     raise ConfigError(f"config.task.label_fraction = {t.label_fraction} must be in (0, 1].")
   if not (0 <= t.validation_percent and 0 <= t.test_percent and t.validation_percent + t.test_percent < 100):

@@ -28,7 +28,7 @@ def task_arrays(cfg, sp, kind: str, split: data.Split) -> dict:
   """A split's model arrays: one row per example (question answering: per context window)."""
   family, seq_len, prefix = cfg.model.family, cfg.data.seq_len, task_config.prefix_input(cfg)
   if kind == "classification":
-    return inputs.classification_arrays(sp, split.texts, family, seq_len, split.labels, prefix)
+    return inputs.classification_arrays(sp, split.texts, family, seq_len, split.labels, prefix, cfg.task.max_chunks)
   if kind == "generation":
     return inputs.generation_arrays(sp, split.texts, split.targets, family, seq_len, cfg.task.max_target_len, prefix)
   return qa_windows(cfg, sp, split).arrays

@@ -104,9 +104,10 @@ def start_from_pretrained(cfg, trn: trainer.Trainer, state, vocab_size: int, log
   pre_trn = trainer.get_trainer(pre_cfg, vocab_size, trn.mesh)
   pretrained, step = checkpoint.restore_params(pre_dir, pre_trn.abstract_state, pre_step)
   params, restored, dropped = models.transfer(state.params, pretrained, f"the checkpoint of {cfg.init_from}")
+  new = [k for k in params if k != "body" and params[k] is state.params[k]]  # what transfer left as it was
   log.print(f"Restored {restored} pretrained tensors from {pre_dir} step {step}"
             + (f"; not used by the task: {', '.join(dropped)}" if dropped else "")
-            + ("; new: head" if "body" in params else ""))
+            + (f"; new: {', '.join(new)}" if "body" in params else ""))
   return trn.fresh_state(params)
 
 

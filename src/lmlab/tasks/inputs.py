@@ -2,7 +2,8 @@
 
 Classification rows: [CLS] text [SEP] for the encoder (BERT's format), [BOS] text [EOS] for decoder and
 recurrent models (pooled at the last token, EOS, which has read the whole text), text [EOS] for the
-encoder of an encoder-decoder; texts longer than the row are cut.
+encoder of an encoder-decoder; texts longer than the row are cut, or read as up to task.max_chunks rows
+(chunks) whose pooled features the classifier combines.
 Generation: a decoder-only model reads [BOS] source [SEP] target [EOS] and is trained on the target and
 EOS only (the prompt at decoding time is [BOS] source [SEP]); an encoder-decoder reads source [EOS] and
 decodes [BOS] target -> target [EOS], as in pretraining. With prefix (a decoder pretrained as a prefix
@@ -30,21 +31,29 @@ def pad_rows(sequences: list[list[int]], length: int) -> tuple[np.ndarray, np.nd
   return tokens, segment_ids
 
 
-def classification_arrays(sp, texts: list[str], family: str, seq_len: int, labels=None, prefix: bool = False
-                          ) -> dict:
+def classification_arrays(sp, texts: list[str], family: str, seq_len: int, labels=None, prefix: bool = False,
+                          max_chunks: int = 1) -> dict:
   """tokens, segment_ids, targets (label ids, 0 if unknown) and weights (1) per example; with prefix also
-  `prefix` (the whole input)."""
-  ids = sp.encode(list(texts))
+  `prefix` (the whole input). max_chunks > 1: a text longer than one row is cut into up to max_chunks
+  consecutive pieces, each framed as a row of its own (tokens, segment_ids [R, max_chunks, seq_len], zero
+  rows after a text's last piece; the classifier pools each and combines them); the rest is cut."""
+  width = seq_len - (1 if family == "encoder_decoder" else 2)  # text tokens per row
   if family == "encoder":
-    seqs = [[CLS_ID] + x[:seq_len - 2] + [SEP_ID] for x in ids]
+    frame = lambda x: [CLS_ID] + x + [SEP_ID]
   elif family == "encoder_decoder":
-    seqs = [x[:seq_len - 1] + [EOS_ID] for x in ids]
+    frame = lambda x: x + [EOS_ID]
   else:
-    seqs = [[BOS_ID] + x[:seq_len - 2] + [EOS_ID] for x in ids]
-  tokens, segment_ids = pad_rows(seqs, seq_len)
-  targets = np.zeros(len(seqs), I32) if labels is None else np.asarray(labels, I32)
+    frame = lambda x: [BOS_ID] + x + [EOS_ID]
+  chunks = [[frame(x[i:i + width]) for i in range(0, max(len(x), 1), width)][:max_chunks]
+            for x in sp.encode(list(texts))]
+  if max_chunks == 1:
+    tokens, segment_ids = pad_rows([c[0] for c in chunks], seq_len)
+  else:
+    rows = [piece for c in chunks for piece in c + [[]] * (max_chunks - len(c))]
+    tokens, segment_ids = (a.reshape(len(chunks), max_chunks, seq_len) for a in pad_rows(rows, seq_len))
+  targets = np.zeros(len(chunks), I32) if labels is None else np.asarray(labels, I32)
   arrays = {"tokens": tokens, "segment_ids": segment_ids, "targets": targets,
-            "weights": np.ones(len(seqs), np.float32)}
+            "weights": np.ones(len(chunks), np.float32)}
   return dict(arrays, prefix=segment_ids.copy()) if prefix else arrays
 
 

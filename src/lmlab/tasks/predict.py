@@ -55,7 +55,7 @@ def predict_workdir(run_dir: str, texts: list[str], context: str | None = None) 
                            answers=[[""]] * len(texts), answer_starts=[-1] * len(texts))
     return [{"answer": answer} for answer in evaluate.answers(state.params, questions)]
   arrays = inputs.classification_arrays(sp, list(texts), cfg.model.family, cfg.data.seq_len,
-                                        prefix=task_config.prefix_input(cfg))
+                                        prefix=task_config.prefix_input(cfg), max_chunks=cfg.task.max_chunks)
   probs = evaluate.probabilities(state.params, arrays)
   return [{"label": label_names[int(p.argmax())], "probabilities": dict(zip(label_names, map(float, p)))}
           for p in probs]

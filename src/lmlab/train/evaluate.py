@@ -39,4 +39,7 @@ def describe(result: dict) -> str:
   for key in ("accuracy", "nsp_accuracy"):
     if key in result:
       text += f" | {key.replace('_', ' ')} {result[key]:.3f}"
+  if "mask_loss" in result:  # masked LM: the loss by what the input showed at the target
+    text += (f" | loss at [MASK] {result['mask_loss']:.3f} / random {result['random_loss']:.3f} / "
+             f"unchanged {result['kept_loss']:.3f}")
   return text

@@ -76,8 +76,7 @@ def _train(cfg, run_dir: str, mesh, stop: signals.StopRequests, cleanup: context
                                       ).as_numpy_iterator()
   # Made when evaluated: the batches are fixed (seeded by their index), whatever the step.
   eval_batches = pipeline.EvalBatches(eval_rows, local_batch, data.transform, cfg.seed)
-  terms = objective.loss_terms(cfg)
-  evaluate_now = lambda params: evaluate(trn, params, eval_batches, terms, cfg.train.eval_batches)
+  evaluate_now = lambda params: evaluate(trn, params, eval_batches, trn.eval_terms, cfg.train.eval_batches)
 
   # --- Train loop. Metrics of a log step are pulled to the host after the next step is dispatched; the
   # state's device-side flag says whether every loss and gradient norm so far was finite, read at log

@@ -27,14 +27,14 @@ def decay_mask(boxed_params):
 
   Decided from the logical axis names each parameter carries, so it holds for any model family:
   a leaf decays when it has two or more non-'layers' axes, none of them is 'vocab' (token embeddings
-  and the output projection), and it is not a bias, a norm scale or a position table (learned positions,
-  T5's relative position bias).
+  and the output projection), and it is not a bias, a norm scale, an embedding table (any nn.Embed: the
+  token-type embedding too) or a position table (learned positions, T5's relative position bias).
   """
 
   def decays(path, leaf):
     names = [n for n in getattr(leaf, "names", ()) if n != "layers"]
     keys = [str(getattr(p, "key", p)).lower() for p in path]
-    return (len(names) >= 2 and "vocab" not in names and keys[-1] not in ("bias", "scale")
+    return (len(names) >= 2 and "vocab" not in names and keys[-1] not in ("bias", "scale", "embedding")
             and not any(k.startswith(("pos", "relative")) for k in keys))
 
   return jax.tree_util.tree_map_with_path(

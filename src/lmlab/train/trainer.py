@@ -37,13 +37,19 @@ class Trainer:
     """num_classes > 0 / span: the family's model as the body of a classifier / span extractor
     (models.build); layer_decay and freeze_body: per-layer learning rates (optimizer.layer_lr_scales);
     num_steps / warmup_steps: the schedule's length (default cfg.train.num_steps, cfg.optim.warmup_steps);
-    loss_terms: default the objective's, the task's targets alone (TOKENS) for a task head."""
+    loss_terms: default the objective's, the task's targets alone (TOKENS) for a task head; evaluation
+    adds the objective's diagnostic eval_terms to the default."""
     self.mesh, self.seq_len = mesh, cfg.data.seq_len
     self.model = models.build(cfg, vocab_size, num_classes, pooling, freeze_body, span)
     num_steps = cfg.train.num_steps if num_steps is None else num_steps
     warmup_steps = cfg.optim.warmup_steps if warmup_steps is None else warmup_steps
+    eval_terms = loss_terms
     if loss_terms is None:
-      loss_terms = (TOKENS,) if num_classes or span else objectives.get(cfg.objective.name).loss_terms(cfg)
+      objective = objectives.get(cfg.objective.name)
+      task_head = num_classes or span
+      loss_terms = (TOKENS,) if task_head else objective.loss_terms(cfg)
+      eval_terms = (TOKENS,) if task_head else objective.evaluation_terms(cfg)
+    self.eval_terms = eval_terms  # what eval_step sums: evaluate.evaluate's `terms`
     self.schedule = optimizer.learning_rate_schedule(cfg.optim, num_steps, warmup_steps)
     rows = cfg.data.batch_size // cfg.optim.grad_accum_steps
     self._dummy_inputs = models.dummy_inputs(self.model, rows, cfg.data.seq_len)
@@ -73,7 +79,7 @@ class Trainer:
         grad_accum_steps=cfg.optim.grad_accum_steps, use_dropout=cfg.model.dropout_rate > 0, terms=loss_terms)
     self.train_step = jax.jit(train_fn, in_shardings=(self.state_sharding, batch_sharding),
                               out_shardings=(self.state_sharding, replicated), donate_argnums=0)
-    self.eval_step = jax.jit(functools.partial(step.eval_step, model=self.model, terms=loss_terms),
+    self.eval_step = jax.jit(functools.partial(step.eval_step, model=self.model, terms=eval_terms),
                              in_shardings=(self.state_sharding.params, batch_sharding),
                              out_shardings=replicated)
     # The model's outputs (logits, ...) on a batch: classification and decoding read them directly.

@@ -6,8 +6,9 @@ r"""lmlab's command line.
       prompt such as "Shares <extra_id_0> sharply" for encoder-decoder runs; --beam_size for beam search,
       with config.sample.length_penalty; a prefix-LM run reads the prompt as its bidirectional prefix)
   python launch.py sweep --config experiments/gpt.py:size=tiny --workdir runs/pos --max_parallel 2
-      (runs get_sweep()'s points as parallel workers, skipping finished ones; --executor debug: in this
-      process; --status runs/pos: the table of points; then python -m lmlab.report runs/pos)
+      (runs get_sweep()'s points as parallel workers, skipping finished ones, stage by stage when it
+      declares stages; --executor debug: in this process; --status runs/pos: the table of points; then
+      python -m lmlab.report runs/pos, or the experiment's own report())
   python launch.py --config experiments/finetune.py:task=topic --config.init_from=runs/gpt_small   fine-tune
   python launch.py prepare --config experiments/gpt.py --workers 2                        prepare the data
       (the corpus tokenizer and the token shards of both splits into the data cache, which every later run

@@ -152,3 +152,25 @@ def test_impossible_pairs_are_rejected_with_the_valid_ones():
     tiny_config("rnn", "mlm_nsp")
   with pytest.raises(config_lib.ConfigError, match="'prefix_lm' does not train"):
     tiny_config("encoder", "prefix_lm")
+
+
+@pytest.mark.parametrize("family,objective", [("encoder", "mlm_nsp"), ("rnn", "mlm")])
+def test_evaluation_splits_the_masked_lm_loss_by_input_kind(family, objective):
+  """Masked LM's validation loss by what the input showed at the target ([MASK], a random token, the token
+  unchanged): evaluation-only terms whose weighted mean is the masked-LM loss itself."""
+  from lmlab.train import evaluate
+  cfg = tiny_config(family, objective)
+  mesh = mesh_of((1, 1, 1))
+  trn, state, _ = train(cfg, mesh, make_batches(cfg, 3), 3)
+  assert [t.prefix for t in trn.eval_terms][-3:] == ["mask_", "random_", "kept_"]
+  result = evaluate.evaluate(trn, state.params, make_batches(cfg, 2, start_step=10), trn.eval_terms)
+  sums = {k: trn.eval_step(state.params, partitioning.global_batch(b, mesh)) for k, b in
+          enumerate(make_batches(cfg, 2, start_step=10))}
+  weight = {kind: sum(float(s[f"{kind}_weight_sum"]) for s in sums.values()) for kind in ("mask", "random", "kept")}
+  assert weight["mask"] > weight["random"] > 0 and weight["kept"] > 0
+  combined = sum(result[f"{kind}_loss"] * weight[kind] for kind in weight) / sum(weight.values())
+  assert combined == pytest.approx(result["loss"], rel=1e-5)
+  assert "loss at [MASK]" in evaluate.describe(result)
+  # Training optimizes the masked-LM terms alone: its metrics have no by-kind entries.
+  _, _, history = train(cfg, mesh, make_batches(cfg, 1), 1, trn=trn, state=state)
+  assert "mask_loss" not in history[0]

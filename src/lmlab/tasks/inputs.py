@@ -1,8 +1,7 @@
 """Task examples -> fixed-shape model inputs for every family, and the batches of a fine-tuning run.
 
 Classification rows: [CLS] text [SEP] for the encoder (BERT's format), [BOS] text [EOS] for decoder and
-recurrent models (pooled at the last token, EOS, which has read the whole text), text [EOS] for the
-encoder of an encoder-decoder; texts longer than the row are cut, or read as up to task.max_chunks rows
+recurrent models, text [EOS] for the encoder of an encoder-decoder (pooled as finetune.pooling says); texts longer than the row are cut, or read as up to task.max_chunks rows
 (chunks) whose pooled features the classifier combines.
 Generation: a decoder-only model reads [BOS] source [SEP] target [EOS] and is trained on the target and
 EOS only (the prompt at decoding time is [BOS] source [SEP]); an encoder-decoder reads source [EOS] and

@@ -105,14 +105,11 @@ def get_sweep(arg=None):
             for pooling in (poolings[:1] if tiny else poolings)]
 
   def run_seeds(done):
-    chosen = stages.best([r for r in done if r.stage == "select"], group=lambda r: r.summary["name"],
-                         metric=lambda r: r.summary["validation"]["accuracy"])
     points = []
     for fraction in fractions:
-      for system, r in chosen.items():
+      for system, (lr, pooling) in choose(done, lrs).items():
         for seed in range(seeds):
-          points.append(finetune_point(system[len("le_"):], fraction, seed, r.overrides["optim.lr"],
-                                       r.overrides["finetune.pooling"], done))
+          points.append(finetune_point(system, fraction, seed, lr, pooling, done))
     for fraction in fractions:
       for seed in range(seeds):
         points.append({"experiment": f"finetune.py:size={size},task=topic,baseline=true", "name": f"le_{BASELINE}",
@@ -123,7 +120,7 @@ def get_sweep(arg=None):
 
 
 def _runs(sweep_dir: str) -> list[stages.Result]:
-  """The finished fine-tuning runs of the sweep directory, with their config as overrides."""
+  """The finished fine-tuning runs of the sweep directory; overrides: their learning rate and pooling."""
   runs = []
   for name in sorted(os.listdir(sweep_dir)):
     path = os.path.join(sweep_dir, name)
@@ -133,22 +130,28 @@ def _runs(sweep_dir: str) -> list[stages.Result]:
       summary = json.load(f)
     if str(summary.get("name", "")).startswith("le_"):  # not a pretraining run
       with open(os.path.join(path, "config.json")) as f:
-        runs.append(stages.Result("", json.load(f), path, summary))
+        cfg = json.load(f)
+      overrides = {"optim.lr": cfg["optim"]["lr"], "finetune.pooling": cfg["finetune"]["pooling"]}
+      runs.append(stages.Result("", overrides, path, summary))
   return runs
 
 
-def _select(runs: list[stages.Result], lrs=LRS) -> dict:
-  """get_sweep's choice per system, from the selection runs in grid order: {system: (lr, pooling)}."""
-  candidates = []
-  for name, (_, _, poolings) in SYSTEMS.items():
-    for lr in lrs:
-      for pooling in poolings:
-        candidates += [r for r in runs if r.summary["name"] == f"le_{name}" and r.summary["seed"] == 0
-                       and r.summary["label_fraction"] == SELECT_FRACTION
-                       and (r.overrides["optim"]["lr"], r.overrides["finetune"]["pooling"]) == (lr, pooling)]
+def _setting(r: stages.Result) -> tuple:
+  return r.overrides.get("optim.lr"), r.overrides.get("finetune.pooling")
+
+
+def choose(runs: list[stages.Result], lrs=LRS) -> dict:
+  """The selection rule, for get_sweep's seeds stage and the report alike: {system: (lr, pooling)} with
+  the best validation accuracy among each system's runs at SELECT_FRACTION and seed 0 over lrs x its
+  poolings; ties go to the first in grid order."""
+  grid = {(f"le_{name}", lr, pooling): i for i, (name, lr, pooling) in enumerate(
+      (name, lr, pooling) for name, (_, _, poolings) in SYSTEMS.items() for lr in lrs for pooling in poolings)}
+  key = lambda r: (r.summary.get("name"),) + _setting(r)  # pretraining runs have no name: never in the grid
+  candidates = sorted((r for r in runs if key(r) in grid and r.summary["seed"] == 0
+                       and r.summary["label_fraction"] == SELECT_FRACTION), key=lambda r: grid[key(r)])
   chosen = stages.best(candidates, group=lambda r: r.summary["name"][len("le_"):],
                        metric=lambda r: r.summary["validation"]["accuracy"])
-  return {k: (r.overrides["optim"]["lr"], r.overrides["finetune"]["pooling"]) for k, r in chosen.items()}
+  return {system: _setting(r) for system, r in chosen.items()}
 
 
 def results(sweep_dir: str) -> dict:
@@ -156,11 +159,11 @@ def results(sweep_dir: str) -> dict:
   of the chosen settings (and the baseline's) at seeds 0..SEEDS-1; other settings' runs (the selection
   grid, or a grid declared earlier) are left out."""
   runs = _runs(sweep_dir)
-  chosen = _select(runs)
+  chosen = choose(runs)
   table = {}
   for r in runs:
-    system, cfg = r.summary["name"][len("le_"):], r.overrides
-    if system != BASELINE and chosen.get(system) != (cfg["optim"]["lr"], cfg["finetune"]["pooling"]):
+    system = r.summary["name"][len("le_"):]
+    if system != BASELINE and chosen.get(system) != _setting(r):
       continue
     if r.summary["seed"] < SEEDS:
       table.setdefault((system, r.summary["label_fraction"]), {})[r.summary["seed"]] = r.summary["test"]["accuracy"]

@@ -31,7 +31,6 @@ label-efficiency section has the tables, the plot and what they mean.
 Variants: size=tiny (seconds per run: the test's preset, GPT and BERT only, with a smaller grid).
 """
 
-import json
 import os
 
 from lmlab import config as config_lib
@@ -122,15 +121,8 @@ def get_sweep(arg=None):
 def _runs(sweep_dir: str) -> list[stages.Result]:
   """The finished fine-tuning runs of the sweep directory; overrides: their learning rate and pooling."""
   runs = []
-  for name in sorted(os.listdir(sweep_dir)):
-    path = os.path.join(sweep_dir, name)
-    if not os.path.exists(os.path.join(path, "metrics.json")):
-      continue
-    with open(os.path.join(path, "metrics.json")) as f:
-      summary = json.load(f)
+  for path, summary, cfg in stages.finished(sweep_dir):
     if str(summary.get("name", "")).startswith("le_"):  # not a pretraining run
-      with open(os.path.join(path, "config.json")) as f:
-        cfg = json.load(f)
       overrides = {"optim.lr": cfg["optim"]["lr"], "finetune.pooling": cfg["finetune"]["pooling"]}
       runs.append(stages.Result("", overrides, path, summary))
   return runs

@@ -8,7 +8,9 @@ import pytest
 import tensorflow_datasets as tfds
 
 from lmlab import config
-from lmlab.data import bbc_news, packing, pipeline, sources, tokenizer
+from lmlab.data import bbc_news, dedup, packing, pipeline, sources, tokenizer
+from lmlab.data.documents import Documents
+from lmlab.errors import ConfigError
 
 TOPICS = ["business", "entertainment", "politics", "sports", "tech"]
 
@@ -385,3 +387,41 @@ def test_transform_is_seeded_by_step_and_resumes():
   # Evaluation batches get a fixed rng per batch index: every evaluation sees the same masks.
   evals = [[b["tokens"] for b in pipeline.EvalBatches(packed, 5, transform=noisy, seed=1)] for _ in range(2)]
   np.testing.assert_array_equal(evals[0], evals[1])
+
+
+# dedup: near-duplicate evaluation documents
+
+
+def test_shingles_stay_inside_documents():
+  hashes, docs = dedup.shingles([np.arange(5), np.arange(5, 9), np.arange(2)], n=3)
+  assert docs.tolist() == [0, 0, 0, 1, 1]  # 3 windows of the first, 2 of the second, none of the third
+  again, _ = dedup.shingles([np.arange(5, 9)], n=3)
+  assert hashes[3:].tolist() == again.tolist() and len(set(hashes.tolist())) == 5
+  assert dedup.shingles([np.array([1, 2])], n=3)[0].size == 0
+
+
+def test_containment_and_the_near_duplicate_cut():
+  rng = np.random.default_rng(0)
+  train = [rng.integers(0, 1000, 60) for _ in range(3)]
+  copy = train[1].copy()
+  half = np.concatenate([train[2][:30], rng.integers(1000, 2000, 30)])  # new tokens: never in train
+  edited = train[0].copy()
+  edited[30] = 5000  # one changed token spoils the 8 shingles that cover it
+  new = rng.integers(1000, 2000, 60)
+  evaluated = [copy, half, edited, new, np.array([1, 2, 3])]
+  share = dedup.containment(train, evaluated, n=8)
+  np.testing.assert_allclose(share, [1.0, 23 / 53, 45 / 53, 0.0, 0.0])
+  kept, share_again = dedup.without_near_duplicates(Documents.from_list(train), Documents.from_list(evaluated), 0.5)
+  np.testing.assert_allclose(share_again, share)
+  assert [d.tolist() for d in kept] == [half.tolist(), new.tolist(), [1, 2, 3]]  # in order; short ones kept
+
+
+def test_eval_dedup_is_checked_before_running():
+  cfg = config.default_config()
+  cfg.data.eval_dedup = 1.5
+  with pytest.raises(ConfigError, match="eval_dedup = 1.5 must be in"):
+    config.validate(cfg, 1)
+  cfg.data.eval_dedup = 0.5
+  config.validate(cfg, 1)
+  with pytest.raises(ConfigError, match="one process"):
+    config.validate(cfg, 2, process_count=2)

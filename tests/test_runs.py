@@ -4,6 +4,7 @@ samples, exact resume, sampling, fine-tuning and prediction, and the errors a us
 
 import json
 import os
+import re
 import shutil
 
 import pytest
@@ -174,8 +175,11 @@ def test_every_family_trains_evaluates_and_samples(experiment, expect, prompt, r
   elif "prefix_lm" in experiment:  # its sampling path is what is new here: a shorter run
     workdir, stdout = pretrain(experiment, tmp_path / "run", bbc_data_dir, **{
         "train.num_steps": 10, "train.eval_every": 0, "train.checkpoint_every": 10})
-  else:
-    workdir, stdout = pretrain(experiment, tmp_path / "run", bbc_data_dir)
+  else:  # and the validation articles that are not near-duplicates of training articles
+    workdir, stdout = pretrain(experiment, tmp_path / "run", bbc_data_dir, **{"data.eval_dedup": 0.5})
+    novel = metrics_json(workdir)["validation_dedup"]
+    kept, total = map(int, re.search(r"shingles in the training split\): (\d+) of (\d+) documents", stdout).groups())
+    assert 0 < novel["documents"] == kept < total and 1.0 < novel["perplexity"] < 512
   for text in expect:
     assert text in stdout, (text, stdout[-2000:])
   assert 1.0 < metrics_json(workdir)["validation"]["perplexity"] < 512  # better than uniform over 512 pieces

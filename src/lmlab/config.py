@@ -58,6 +58,10 @@ def default_config() -> ConfigDict:
   # Split names used for training and validation.
   d.train_split = "train"
   d.eval_split = "validation"
+  # > 0: the final evaluation also scores the validation documents that are not near-duplicates of
+  # training documents (fewer than this fraction of their 8-token shingles occur in the training split;
+  # data/dedup.py), reported as metrics.json's validation_dedup. One process only.
+  d.eval_dedup = 0.0
   # Glob of the user's own UTF-8 text files (source="text_files").
   d.text_glob = ""
   # What one document is in those files: a whole file, a blank-line separated paragraph, or a line.
@@ -396,6 +400,9 @@ def validate(cfg: ConfigDict, num_devices: int | None = None, process_count: int
     raise ConfigError("config.data.source = 'text_files' needs config.data.text_glob, e.g. 'corpus/*.txt'.")
   if not 0.0 <= d.max_unknown_rate <= 1.0:
     raise ConfigError(f"config.data.max_unknown_rate = {d.max_unknown_rate} must be in [0, 1].")
+  if not 0.0 <= d.eval_dedup <= 1.0 or (d.eval_dedup and process_count > 1):
+    raise ConfigError(f"config.data.eval_dedup = {d.eval_dedup} must be in [0, 1] (0: off), and runs in one "
+                      "process (it compares with the whole training split); drop --num_processes or set it to 0.")
   if not 0 < d.text_eval_percent < 100:
     raise ConfigError(f"config.data.text_eval_percent = {d.text_eval_percent} must be in (0, 100).")
   if d.batch_size % o.grad_accum_steps:

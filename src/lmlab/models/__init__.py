@@ -13,6 +13,7 @@ Shape suffixes: B batch, L row length, T decoder target length, V vocabulary, C 
 
 import flax
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from lmlab import objectives
@@ -50,6 +51,24 @@ def dummy_inputs(model: nn.Module, batch_size: int, seq_len: int) -> tuple:
   """Positional inputs to initialize `model` with (parameter shapes do not depend on their values)."""
   tokens_BL = jnp.zeros((batch_size, seq_len), jnp.int32)
   return (tokens_BL, tokens_BL) if isinstance(model, encdec.EncoderDecoder) else (tokens_BL,)
+
+
+def flops_per_token(model: nn.Module, seq_len: int, params) -> float:
+  """Training FLOPs per token of `model` (forward + backward) given its (abstract) params: the count that
+  runs log and reports use (transformer.flops_per_token, recurrent.flops_per_token); a classifier's or
+  span extractor's cost is its body's (the head is tiny)."""
+  body = getattr(model, "body", model)
+  if isinstance(body, recurrent.RecurrentLM):
+    return recurrent.flops_per_token(body.config, params)
+  return transformer.flops_per_token(body.config, seq_len, params)
+
+
+def config_flops_per_token(cfg, vocab_size: int) -> float:
+  """flops_per_token of cfg's model, from parameter shapes alone (no compile, no data): e.g. to set the
+  number of steps that spends a given compute budget."""
+  model = build(cfg, vocab_size)
+  params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *dummy_inputs(model, 1, cfg.data.seq_len)))
+  return flops_per_token(model, cfg.data.seq_len, params["params"])
 
 
 def apply(model: nn.Module, variables, batch: dict, **kwargs) -> dict:

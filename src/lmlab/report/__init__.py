@@ -24,8 +24,8 @@ from lmlab.report import scaling, stats
 from lmlab.report import table as table_lib
 
 SKIP_DIRS = ("submitit", "code")
-SPLITS = ("validation", "test")
-COUNTS = ("count", "tokens")  # how many examples or tokens were scored: sizes, not results
+SPLITS = ("validation", "validation_dedup", "test")  # validation_dedup: config.data.eval_dedup
+COUNTS = ("count", "tokens", "documents")  # how many examples or tokens were scored: sizes, not results
 VERSIONS = {"jax": "jax", "jaxlib": "jaxlib", "flax": "flax", "optax": "optax", "orbax-checkpoint": "orbax",
             "tensorflow": "tf", "tensorflow-datasets": "tfds"}
 # The long table's columns that are not config fields or final metrics, in the order runs.csv shows them.

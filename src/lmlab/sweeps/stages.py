@@ -69,6 +69,17 @@ def best(results: list[Result], group: Callable[[Result], object], metric: Calla
   return chosen
 
 
+def finished(sweep_dir: str):
+  """(work directory, its metrics.json, its config.json) for every finished run in sweep_dir, in name order:
+  what an experiment's report() reads."""
+  for name in sorted(os.listdir(sweep_dir)):
+    path = os.path.join(sweep_dir, name)
+    if os.path.exists(os.path.join(path, "metrics.json")):
+      with open(os.path.join(path, "config.json")) as f:
+        cfg = json.load(f)
+      yield path, _summary(path), cfg
+
+
 def _summary(workdir: str) -> dict:
   with open(os.path.join(workdir, "metrics.json")) as f:
     return json.load(f)

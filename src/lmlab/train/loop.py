@@ -14,7 +14,7 @@ from jax.experimental import multihost_utils
 
 from lmlab import config as config_lib
 from lmlab import objectives
-from lmlab.data import pipeline, shards, sources, tokenizer
+from lmlab.data import dedup, pipeline, shards, sources, tokenizer
 from lmlab.decode import complete
 from lmlab.errors import Diverged, Interrupted
 from lmlab.train import checkpoint, hardware, logger, partitioning, signals, trainer, workdir
@@ -56,6 +56,7 @@ def _train(cfg, run_dir: str, mesh, stop: signals.StopRequests, cleanup: context
   objective = objectives.get(cfg.objective.name)
   data = objective.data(cfg, sp.vocab_size(), sp)
   train_rows, eval_rows = data.rows(train_docs), data.rows(eval_docs)
+  novel_docs = dedup.novel_documents(cfg.data, train_docs, eval_docs, log.print)
   local_batch = cfg.data.batch_size // jax.process_count()
 
   # --- Model, optimizer and sharded state; resume from the latest checkpoint if there is one.
@@ -139,12 +140,18 @@ def _train(cfg, run_dir: str, mesh, stop: signals.StopRequests, cleanup: context
   result = evaluate_now(state.params)
   log.write(final_step, result, "eval")
   log.print(f"final eval at step {final_step}: {describe(result)}")
-  prompts = list(cfg.sample.prompts)
-  for prompt, text in zip(prompts, complete.complete(cfg, trn.model, state.params, sp, prompts, cfg.seed)):
+  prompts = list(cfg.sample.prompts)  # none: no samples
+  for prompt, text in zip(prompts, complete.complete(cfg, trn.model, state.params, sp, prompts, cfg.seed)
+                          if prompts else []):
     log.print(f"sample: {prompt} -> {text}")
   checkpoint.finish(manager)
   summary = {"step": final_step, "validation": result, "parameters": trn.param_count(),
              "flops_per_token": trn.flops_per_token(), "wall_time_s": time.perf_counter() - start_time}
+  if novel_docs is not None:
+    novel = evaluate(trn, state.params, pipeline.EvalBatches(data.rows(novel_docs), local_batch, data.transform,
+                                                             cfg.seed), trn.eval_terms)
+    summary["validation_dedup"] = dict(novel, documents=novel_docs.num_docs)
+    log.print(f"final eval without near-duplicates of training documents: {describe(novel)}")
   log.hparams(cfg.to_dict(), summary)
   workdir.write_json(run_dir, "metrics.json", summary)
   log.close()

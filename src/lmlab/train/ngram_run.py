@@ -8,7 +8,7 @@ import jax
 import numpy as np
 
 from lmlab import config as config_lib
-from lmlab.data import packing, shards, sources
+from lmlab.data import dedup, packing, shards, sources
 from lmlab.errors import ConfigError
 from lmlab.models import ngram
 from lmlab.train import logger, workdir
@@ -34,12 +34,20 @@ def _fit_and_score(cfg, run_dir: str, start_time: float) -> dict:
   train_docs, _ = shards.split_documents(cfg, cfg.data.train_split, tokenizer_path, out=log.print)
   eval_docs, _ = shards.split_documents(cfg, cfg.data.eval_split, tokenizer_path, out=log.print)
   log.print(f"Data: {train_docs.num_tokens:,} train / {eval_docs.num_tokens:,} validation tokens")
+  novel_docs = dedup.novel_documents(cfg.data, train_docs, eval_docs, log.print)
   lm = ngram.KneserNey.fit(list(train_docs), sp.vocab_size(), cfg.model.ngram_order)
-  eval_rows = packing.PackedRows(eval_docs, cfg.data.seq_len)
-  result = lm.evaluate_packed(eval_rows.get(np.arange(eval_rows.num_rows)))
+
+  def score(docs):
+    rows = packing.PackedRows(docs, cfg.data.seq_len)
+    return lm.evaluate_packed(rows.get(np.arange(rows.num_rows)))
+
+  result = score(eval_docs)
   log.print(f"{cfg.model.ngram_order}-gram Kneser-Ney: validation {describe(result)}")
   summary = {"step": 0, "validation": result, "ngrams": sum(len(level.keys) for level in lm.levels),
              "wall_time_s": time.perf_counter() - start_time}
+  if novel_docs is not None:
+    summary["validation_dedup"] = dict(score(novel_docs), documents=novel_docs.num_docs)
+    log.print(f"without near-duplicates of training documents: {describe(summary['validation_dedup'])}")
   log.hparams(cfg.to_dict(), summary)
   workdir.write_json(run_dir, "metrics.json", summary)
   log.close()

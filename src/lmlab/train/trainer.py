@@ -9,14 +9,14 @@ from jax.sharding import PartitionSpec as P
 
 from lmlab import config as config_lib
 from lmlab import models, objectives
-from lmlab.models import recurrent, transformer
+from lmlab.models import transformer
 from lmlab.objectives.base import TOKENS, LossTerm
 from lmlab.train import optimizer, partitioning, step
 
 # Config fields that never change the compiled steps: trainers that differ only in these are shared.
 _NOT_COMPILED = ("workdir", "name", "sample", "mesh", "init_from", "task", "finetune", "tokenizer", "data.source",
                  "data.tfds_name", "data.tfds_data_dir", "data.text_key", "data.tfds_download",
-                 "data.tfds_manual_dir", "data.train_split", "data.eval_split", "data.text_glob",
+                 "data.tfds_manual_dir", "data.train_split", "data.eval_split", "data.eval_dedup", "data.text_glob",
                  "data.text_unit", "data.text_eval_percent", "data.prefetch", "data.max_unknown_rate",
                  "train.log_every", "train.eval_every", "train.eval_batches", "train.checkpoint_every",
                  "train.keep_checkpoints", "train.lock_wait_s")
@@ -101,11 +101,7 @@ class Trainer:
     return transformer.param_count(self.abstract_state.params)
 
   def flops_per_token(self) -> float:
-    params = self.abstract_state.params
-    model = getattr(self.model, "body", self.model)  # a classifier's cost is its body's (the head is tiny)
-    if isinstance(model, recurrent.RecurrentLM):
-      return recurrent.flops_per_token(model.config, params)
-    return transformer.flops_per_token(model.config, self.seq_len, params)
+    return models.flops_per_token(self.model, self.seq_len, self.abstract_state.params)
 
 
 def _compiled_fields(cfg) -> str:

@@ -68,3 +68,4 @@ def test_families_ablation_matches_compute_and_scores_the_deduplicated_validatio
   assert "| transformer - lstm | " in table and "(n=2;" in table and "| transformer - kn5 |" not in table
   assert os.path.exists(os.path.join(sweep_dir, "families.png"))
   assert os.path.exists(os.path.join(sweep_dir, "families_dedup.png"))
+

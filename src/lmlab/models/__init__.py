@@ -63,12 +63,25 @@ def flops_per_token(model: nn.Module, seq_len: int, params) -> float:
   return transformer.flops_per_token(body.config, seq_len, params)
 
 
-def config_flops_per_token(cfg, vocab_size: int) -> float:
-  """flops_per_token of cfg's model, from parameter shapes alone (no compile, no data): e.g. to set the
-  number of steps that spends a given compute budget."""
+def abstract_params(cfg, vocab_size: int):
+  """(cfg's model, its parameter shapes): from jax.eval_shape alone (no compile, no data)."""
   model = build(cfg, vocab_size)
   params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *dummy_inputs(model, 1, cfg.data.seq_len)))
-  return flops_per_token(model, cfg.data.seq_len, params["params"])
+  return model, nn.meta.unbox(params["params"])
+
+
+def config_flops_per_token(cfg, vocab_size: int) -> float:
+  """flops_per_token of cfg's model, from its parameter shapes: e.g. to set the number of steps that spends
+  a given compute budget."""
+  model, params = abstract_params(cfg, vocab_size)
+  return flops_per_token(model, cfg.data.seq_len, params)
+
+
+def non_embedding_count(params) -> int:
+  """Parameters outside the embedding tables (token, position and token-type embeddings and the output
+  projection, tied or not: every leaf under a name with "embed" in it): Kaplan et al.'s N."""
+  leaves = jax.tree_util.tree_leaves_with_path(params)
+  return int(sum(leaf.size for path, leaf in leaves if not any("embed" in str(getattr(k, "key", k)) for k in path)))
 
 
 def apply(model: nn.Module, variables, batch: dict, **kwargs) -> dict:

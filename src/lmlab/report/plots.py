@@ -110,6 +110,15 @@ def final_vs_axis(summary, axis: str, others: list[str], metrics: list[str], tit
   return _save(fig, path)
 
 
+def _save_log_log(fig, ax, xlabel: str, ylabel: str, title: str, path: str) -> str:
+  _log_log(ax)
+  ax.set(xlabel=xlabel, ylabel=ylabel)
+  ax.set_title(title + " (mean and 95% CI over seeds)", fontsize=9)
+  ax.grid(alpha=0.3, which="both")
+  ax.legend(fontsize=7)
+  return _save(fig, path)
+
+
 def power_law(x, mean, low, high, fit: dict, xlabel: str, ylabel: str, title: str, path: str) -> str:
   """The configurations' means with their 95% intervals and the fitted L = a·x^-alpha + c, log-log; the
   points fitted (the lowest at each x) filled, the others hollow."""
@@ -128,12 +137,24 @@ def power_law(x, mean, low, high, fit: dict, xlabel: str, ylabel: str, title: st
   ax.plot(grid, fit["a"] * grid ** -fit["alpha"] + fit["c"], color="C1", lw=1.2,
           label=f"{fit['a']:.3g}·{xlabel}^-{fit['alpha']:.3f} + {fit['c']:.3g}")
   ax.axhline(fit["c"], ls=":", color="gray", lw=1, label=f"c = {fit['c']:.3g}")
-  _log_log(ax)
-  ax.set(xlabel=xlabel, ylabel=ylabel)
-  ax.set_title(title + " (mean and 95% CI over seeds)", fontsize=9)
-  ax.grid(alpha=0.3, which="both")
-  ax.legend(fontsize=7)
-  return _save(fig, path)
+  return _save_log_log(fig, ax, xlabel, ylabel, title, path)
+
+
+def power_laws(series: list[tuple], xlabel: str, ylabel: str, title: str, path: str) -> str:
+  """Several fits on one log-log plot: series = [(label, stats.power_law's fit, its groups [(x, values over
+  seeds)])], each as its means with 95% intervals and its fitted curve, in one colour."""
+  fig = _figure()
+  ax = fig.add_subplot()
+  for k, (label, fit, groups) in enumerate(series):
+    x = np.array([xi for xi, _ in groups], float)
+    ivs = [stats.interval(v) for _, v in groups]
+    mean = np.array([i["mean"] for i in ivs])
+    yerr = np.nan_to_num(np.array([mean - [i["ci_low"] for i in ivs], [i["ci_high"] for i in ivs] - mean]))
+    ax.errorbar(x, mean, yerr=yerr, fmt="o", ms=4, capsize=3, color=f"C{k}", label=label)
+    grid = np.geomspace(x.min(), x.max(), 200)
+    ax.plot(grid, fit["a"] * grid ** -fit["alpha"] + fit["c"], color=f"C{k}", lw=1.2, ls="--",
+            label=f"{fit['a']:.3g}·N^-{fit['alpha']:.3f} + {fit['c']:.3g}")
+  return _save_log_log(fig, ax, xlabel, ylabel, title, path)
 
 
 def filename(root: str, *parts: str) -> str:

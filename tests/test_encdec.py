@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from lmlab.decode import seq2seq
+from lmlab.models import encdec
 from lmlab.models.encdec import EncoderDecoder, init_decoder_cache
 from lmlab.models.transformer import TransformerConfig
 
@@ -131,3 +132,17 @@ def test_relative_bias_is_one_table_per_stack_and_sees_packed_segments():
                    jnp.asarray([[1] * 4 + [2] * 4]), jnp.asarray([[1] * 3 + [2] * 3]))
   np.testing.assert_allclose(packed[:, 3:], alone, atol=1e-5)
   np.testing.assert_allclose(packed[:, :3], alone, atol=1e-5)
+
+
+def test_flops_by_hand():
+  """d 16, MLP 32, 2 layers, V 32, S 10 encoder and T 8 decoder tokens per row (learned positions: lookups)."""
+  d, m = 16, 32
+  model = make(positions="learned")
+  params = jax.eval_shape(model.init, jax.random.key(0), ids(0, (B, S)), ids(1, (B, L)))["params"]
+  attn = 3 * d * d + 3 * d + d * d + d  # qkv (+ bias), out (+ bias)
+  mlp = d * m + m + m * d + d
+  enc = 2 * (attn + mlp + 2 * 2 * d) + 2 * d  # two norms per block, the final norm
+  kv = 2 * (2 * d * d + 2 * d)  # cross-attention keys and values: on the encoder's S outputs
+  dec = 2 * (attn + (d * d + d) + (d * d + d) + mlp + 3 * 2 * d) + 2 * d  # + cross query and out, 3 norms
+  forward = 2 * (enc * S + kv * S + dec * L + V * d * L) + 4 * d * 2 * (S * S + L * L + L * S)
+  assert encdec.flops_per_token(model.config, S, L, params) == 3 * forward / S

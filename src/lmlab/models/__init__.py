@@ -53,14 +53,25 @@ def dummy_inputs(model: nn.Module, batch_size: int, seq_len: int) -> tuple:
   return (tokens_BL, tokens_BL) if isinstance(model, encdec.EncoderDecoder) else (tokens_BL,)
 
 
-def flops_per_token(model: nn.Module, seq_len: int, params) -> float:
-  """Training FLOPs per token of `model` (forward + backward) given its (abstract) params: the count that
-  runs log and reports use (transformer.flops_per_token, recurrent.flops_per_token); a classifier's or
-  span extractor's cost is its body's (the head is tiny)."""
+def flops_per_token(model: nn.Module, seq_len: int, params, targets_length: int | None = None) -> float:
+  """Training FLOPs per token of a seq_len row of `model` (forward + backward) given its (abstract) params:
+  the count that runs log and reports use (transformer, recurrent and encdec.flops_per_token; the
+  encoder-decoder's per encoder token, with targets_length decoder tokens per row, default seq_len); a
+  classifier's or span extractor's cost is its body's, all counted per row token (the head is tiny)."""
   body = getattr(model, "body", model)
   if isinstance(body, recurrent.RecurrentLM):
     return recurrent.flops_per_token(body.config, params)
+  if body is model and isinstance(model, encdec.EncoderDecoder):  # (a task head reads its encoder only)
+    return encdec.flops_per_token(model.config, seq_len, targets_length or seq_len, params)
   return transformer.flops_per_token(body.config, seq_len, params)
+
+
+def targets_length(cfg) -> int | None:
+  """Decoder tokens per row of a pretraining objective that has a decoder (span corruption), else None."""
+  if cfg.model.family != "encoder_decoder":
+    return None
+  spec = objectives.get(cfg.objective.name).data(cfg, cfg.tokenizer.vocab_size).spec(1)
+  return spec["decoder_inputs"][0][1]
 
 
 def abstract_params(cfg, vocab_size: int):
@@ -74,7 +85,7 @@ def config_flops_per_token(cfg, vocab_size: int) -> float:
   """flops_per_token of cfg's model, from its parameter shapes: e.g. to set the number of steps that spends
   a given compute budget."""
   model, params = abstract_params(cfg, vocab_size)
-  return flops_per_token(model, cfg.data.seq_len, params)
+  return flops_per_token(model, cfg.data.seq_len, params, targets_length(cfg))
 
 
 def non_embedding_count(params) -> int:

@@ -94,3 +94,37 @@ def init_decoder_cache(model: EncoderDecoder, batch_size: int, cache_len: int, e
       jax.ShapeDtypeStruct((batch_size, encoder_len, model.config.d_model), model.config.dtype),
       jax.ShapeDtypeStruct((batch_size, encoder_len), jnp.int32))
   return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
+def flops_per_token(cfg: TransformerConfig, inputs_length: int, targets_length: int, params) -> float:
+  """Training FLOPs per encoder input token (forward + backward = 3 x forward, a multiply-add = 2 FLOPs) of
+  rows of S = inputs_length encoder tokens and T = targets_length decoder tokens:
+
+    3 [2 (N_enc S + N_kv S + N_dec T + V D T) + 4 D layers (S^2 + T^2 + T S)] / S
+
+  N_enc: the encoder's matmul parameters, applied to each input token; N_kv: the cross-attention key and
+  value projections, applied to the S encoder outputs; N_dec: the rest of the decoder, applied to each
+  target token; V D: the output projection (the tied embedding: its input lookups are free), on the
+  targets only; then attention scores and weighted values per query-key pair: encoder S x S, decoder
+  self-attention T x T, cross-attention T x S. Lookup tables (relative position biases, learned
+  positions) are left out, norms and biases kept (as in transformer.flops_per_token, which with T = S
+  and no decoder would give the same count for one stack). Span corruption at seq_len 128 has T = 29
+  (objectives/span.py), so the decoder's share is about a quarter of the encoder's.
+  """
+  lookups = ("relative_bias", "pos_embed")
+
+  def matmul_params(tree, inside: str | None = None) -> int:
+    total = 0
+    for path, leaf in jax.tree_util.tree_leaves_with_path(nn.meta.unbox(tree)):
+      names = [str(getattr(k, "key", k)) for k in path]
+      if not any(n in lookups for n in names) and (inside is None or inside in names):
+        total += leaf.size
+    return total
+
+  s, t, d = inputs_length, targets_length, cfg.d_model
+  n_enc = matmul_params(params["encoder"])
+  n_kv = matmul_params(params["decoder"], inside="kv")
+  n_dec = matmul_params(params["decoder"]) - n_kv
+  forward = (2 * (n_enc * s + n_kv * s + n_dec * t + cfg.vocab_size * d * t)
+             + 4 * d * cfg.num_layers * (s * s + t * t + t * s))
+  return float(3 * forward / s)

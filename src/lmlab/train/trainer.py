@@ -40,6 +40,7 @@ class Trainer:
     loss_terms: default the objective's, the task's targets alone (TOKENS) for a task head; evaluation
     adds the objective's diagnostic eval_terms to the default."""
     self.mesh, self.seq_len = mesh, cfg.data.seq_len
+    self.targets_length = None if num_classes or span else models.targets_length(cfg)  # decoder tokens per row
     self.model = models.build(cfg, vocab_size, num_classes, pooling, freeze_body, span)
     num_steps = cfg.train.num_steps if num_steps is None else num_steps
     warmup_steps = cfg.optim.warmup_steps if warmup_steps is None else warmup_steps
@@ -101,7 +102,7 @@ class Trainer:
     return transformer.param_count(self.abstract_state.params)
 
   def flops_per_token(self) -> float:
-    return models.flops_per_token(self.model, self.seq_len, self.abstract_state.params)
+    return models.flops_per_token(self.model, self.seq_len, self.abstract_state.params, self.targets_length)
 
 
 def _compiled_fields(cfg) -> str:

@@ -51,14 +51,9 @@ def _options(arg):
   return config_lib.parse_arg(arg, size="mini")
 
 
-def _spec(experiment: str, size: str) -> str:
-  path, _, arg = experiment.partition(":")
-  return f"{path}:size={size}" + (f",{arg}" if arg else "")
-
-
 def get_config(arg=None):
   """The sweep's base config (every point names its own experiment)."""
-  return stages.experiment_loader(_HERE)(_spec("gpt.py", _options(arg).size))
+  return stages.experiment_loader(_HERE)(stages.at_size("gpt.py", _options(arg).size))
 
 
 def steps_for(cfg, budget: float) -> int:
@@ -75,10 +70,10 @@ def get_sweep(arg=None):
   budgets, orders = (TINY["budgets"], TINY["orders"]) if tiny else (BUDGETS, NGRAM_ORDERS)
   seeds_budget, seeds = (budgets[0], TINY["seeds"]) if tiny else (SEEDS_BUDGET, SEEDS)
   load = stages.experiment_loader(_HERE)
-  points = [{"experiment": _spec(f"ngram.py:order={n}", size), "name": f"fam_kn{n}", "data.eval_dedup": DEDUP}
+  points = [{"experiment": stages.at_size(f"ngram.py:order={n}", size), "name": f"fam_kn{n}", "data.eval_dedup": DEDUP}
             for n in orders]
   for family in neural:
-    spec = _spec(NEURAL[family], size)
+    spec = stages.at_size(NEURAL[family], size)
     cfg = load(spec)
     for budget in budgets:
       steps = steps_for(cfg, budget)

@@ -47,7 +47,8 @@ def test_scaling_ladder_spans_30x_in_non_embedding_parameters():
     n = scaling.non_embedding_parameters(cfg)
     assert n == sum(12 * d * d + 13 * d for d in [cfg.model.d_model] * cfg.model.num_layers) + 2 * cfg.model.d_model
     counts.add(n)
-    assert p["train.num_steps"] * cfg.data.batch_size * cfg.data.seq_len in [round(t / 4096) * 4096 for t in scaling.TOKENS]
+    tokens = p["train.num_steps"] * cfg.data.batch_size * cfg.data.seq_len
+    assert tokens in [round(t / 4096) * 4096 for t in scaling.TOKENS]
   assert len(counts) == 5 and max(counts) / min(counts) >= 30
   assert len(stage.points) == 5 * len(scaling.TOKENS) * scaling.SEEDS
 
@@ -76,3 +77,22 @@ def test_scaling_report_recovers_a_power_law_from_its_runs(tmp_path):
   low, high = (float(v) for v in fit.split("[")[1].split("]")[0].split(", "))
   assert abs(alpha - 0.3) < 0.05 and low < alpha < high and high - low < 0.2, fit
   assert "Training tokens 491,520:" in lines and os.path.exists(tmp_path / "scaling.png")
+
+
+def test_objectives_pretrain_every_system_for_the_same_flops():
+  objectives = experiment("objectives")
+  pretrain, select, seeds = objectives.get_sweep()
+  load = stages.experiment_loader(os.path.join(ROOT, "experiments"))
+  points = pretrain.points([])
+  assert [p["name"] for p in points] == [f"objpre_{s}" for s in objectives.SYSTEMS]
+  steps = {}
+  for p in points:
+    cfg = load(p["experiment"])
+    per_step = models.config_flops_per_token(cfg, cfg.tokenizer.vocab_size) * cfg.data.batch_size * cfg.data.seq_len
+    assert abs(p["train.num_steps"] * per_step - objectives.BUDGET) <= per_step / 2
+    steps[cfg.objective.name] = p["train.num_steps"]
+  assert steps["span_corruption"] != steps["causal_lm"] == steps["prefix_lm"]  # same model, same steps
+  done = [stages.Result("pretrain", p, f"/runs/{p['name']}", {}) for p in points]
+  chosen = select.points(done)
+  assert len(chosen) == sum(len(objectives.LRS) * len(poolings) for _, poolings in objectives.SYSTEMS.values())
+  assert {p["init_from"] for p in chosen} == {f"/runs/{p['name']}" for p in points}

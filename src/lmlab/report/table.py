@@ -22,7 +22,8 @@ IGNORED_PREFIXES = ("sample.",)
 # Fine-tuning fields that the system sets (the pretrained run's architecture, objective and tokenizer, or
 # the baseline): the `system` column names them once instead of a dozen model.* axes.
 SYSTEM_FIELDS = ("init_from", "finetune.baseline", "model.", "objective.", "tokenizer.", "data.seq_len")
-METRIC_PREFIXES = ("validation.", "validation_dedup.", "test.")  # final metrics: metrics.json's validation and test results
+# Final metrics: metrics.json's validation (and de-duplicated validation) and test results.
+METRIC_PREFIXES = ("validation.", "validation_dedup.", "test.")
 BASELINE_NAMES = {"tfidf_svm": "TF-IDF + linear SVM", "lead": "lead (first words of the source)"}
 
 

@@ -42,17 +42,33 @@ def is_staged(sweep) -> bool:
   return bool(sweep) and all(isinstance(s, Stage) for s in sweep)
 
 
+def experiment_module(experiments_dir: str, path: str):
+  """The experiment file experiments_dir/path ("label_efficiency.py") as a module: an ablation reusing
+  another's protocol."""
+  full = os.path.join(experiments_dir, path)
+  if not os.path.exists(full):
+    raise ConfigError(f"experiment {path!r}: no file {full}")
+  module_spec = importlib.util.spec_from_file_location(f"experiment_{os.path.splitext(path)[0]}", full)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module
+
+
+def at_size(experiment: str, size: str) -> str:
+  """"lstm.py:cell=gru", "mini" -> "lstm.py:size=mini,cell=gru": an experiment spec at a size preset."""
+  path, _, arg = experiment.partition(":")
+  return f"{path}:size={size}" + (f",{arg}" if arg else "")
+
+
 def experiment_loader(experiments_dir: str):
   """spec "gpt.py:size=small" -> that experiment file's get_config("size=small"), the file found in
   experiments_dir."""
   def load(spec: str):
     path, _, arg = spec.partition(":")
-    full = os.path.join(experiments_dir, path)
-    if not os.path.exists(full):
-      raise ConfigError(f"experiment {spec!r}: no file {full}")
-    module_spec = importlib.util.spec_from_file_location(f"experiment_{os.path.splitext(path)[0]}", full)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    try:
+      module = experiment_module(experiments_dir, path)
+    except ConfigError:
+      raise ConfigError(f"experiment {spec!r}: no file {os.path.join(experiments_dir, path)}") from None
     return module.get_config(arg or None)
   return load
 

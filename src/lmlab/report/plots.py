@@ -50,7 +50,7 @@ def curves(series: list[tuple], xlabel: str, ylabel: str, title: str, path: str,
   ax = fig.add_subplot()
   series, title = _capped(series, title)
   for name, x, mean, low, high in series:
-    (line,) = ax.plot(x, mean, lw=1.2, label=name)
+    (line,) = ax.plot(x, mean, lw=1.2, label=name, marker="o" if len(x) <= 10 else None, ms=3)
     ax.fill_between(x, low, high, color=line.get_color(), alpha=0.2, lw=0)
   if log:
     _log_log(ax)

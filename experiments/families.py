@@ -61,13 +61,6 @@ def get_config(arg=None):
   return stages.experiment_loader(_HERE)(stages.at_size("gpt.py", _options(arg).size))
 
 
-def steps_for(cfg, budget: float) -> int:
-  """Updates of cfg that spend `budget` training FLOPs (at least 1), by lmlab's own count."""
-  from lmlab import models
-  per_step = models.config_flops_per_token(cfg, cfg.tokenizer.vocab_size) * cfg.data.batch_size * cfg.data.seq_len
-  return max(1, round(budget / per_step))
-
-
 def get_sweep(arg=None):
   size = _options(arg).size
   tiny = size == "tiny"
@@ -81,7 +74,7 @@ def get_sweep(arg=None):
     spec = stages.at_size(NEURAL[family], size)
     cfg = load(spec)
     for budget in budgets:
-      steps = steps_for(cfg, budget)
+      steps = stages.steps_for_flops(cfg, budget)
       for seed in range(seeds if budget == seeds_budget else 1):
         points.append({"experiment": spec, "name": f"fam_{family}", "seed": seed, "data.eval_dedup": DEDUP,
                        "train.num_steps": steps, "optim.warmup_steps": max(1, steps // 10),

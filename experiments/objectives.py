@@ -61,14 +61,13 @@ def get_sweep(arg=None):
   systems = TINY["systems"] if tiny else tuple(SYSTEMS)
   budget, lrs, seeds = (TINY["budget"], TINY["lrs"], TINY["seeds"]) if tiny else (BUDGET, LRS, SEEDS)
   protocol = stages.experiment_module(_HERE, "label_efficiency.py")._protocol(size)
-  families = stages.experiment_module(_HERE, "families.py")
   load = stages.experiment_loader(_HERE)
 
   def pretrain(_):
     points = []
     for system in systems:
       spec = stages.at_size(SYSTEMS[system][0], size)
-      steps = families.steps_for(load(spec), budget)
+      steps = stages.steps_for_flops(load(spec), budget)
       points.append({"experiment": spec, "name": f"objpre_{system}", "train.num_steps": steps,
                      "optim.warmup_steps": min(50, max(1, steps // 10)), "train.checkpoint_every": steps,
                      "sample.prompts": ()})

@@ -60,6 +60,14 @@ def at_size(experiment: str, size: str) -> str:
   return f"{path}:size={size}" + (f",{arg}" if arg else "")
 
 
+def steps_for_flops(cfg, budget: float) -> int:
+  """Updates of cfg that spend `budget` training FLOPs (at least 1), by lmlab's own count: ablations at
+  matched compute."""
+  from lmlab import models  # JAX: only for experiments that need it
+  per_step = models.config_flops_per_token(cfg, cfg.tokenizer.vocab_size) * cfg.data.batch_size * cfg.data.seq_len
+  return max(1, round(budget / per_step))
+
+
 def experiment_loader(experiments_dir: str):
   """spec "gpt.py:size=small" -> that experiment file's get_config("size=small"), the file found in
   experiments_dir."""

@@ -37,7 +37,7 @@ import traceback
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow (input pipeline only) stays quiet
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow (reading TFDS datasets only) stays quiet
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 config_flags.DEFINE_config_file("config", os.path.join(HERE, "experiments", "gpt.py"),

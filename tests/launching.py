@@ -13,13 +13,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = [f"--config={ROOT}/experiments/gpt.py:size=tiny", "--config.train.log_every=1"]
 
 
-def launch(args, data_dir, devices=1, check=True, cache_dir=None):
+def launch(args, data_dir, devices=1, check=True, cache_dir=None, python_flags=()):
   """launch.py with `args` in a subprocess; cache_dir: JAX's persistent compilation cache, so the
   subprocesses of one test session compile each shared step once."""
   env = dict(os.environ, TFDS_DATA_DIR=data_dir, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
   if cache_dir:
     env.update(JAX_COMPILATION_CACHE_DIR=cache_dir, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
-  proc = subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"), *args], env=env, cwd=ROOT,
+  proc = subprocess.run([sys.executable, *python_flags, os.path.join(ROOT, "launch.py"), *args], env=env, cwd=ROOT,
                         capture_output=True, text=True, timeout=600)
   if check and proc.returncode:
     raise AssertionError(f"launch.py {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr[-4000:]}")

@@ -325,30 +325,30 @@ def row_packed(num_rows, seq_len=4):
 
 def take(ds, n):
   """The row ids of the first n batches, [n, B]."""
-  return np.stack([b["tokens"][:, 0] for _, b in zip(range(n), ds.as_numpy_iterator())])
+  return np.stack([b["tokens"][:, 0] for _, b in zip(range(n), ds)])
 
 
-def test_train_dataset_shapes():
-  batch = next(pipeline.train_dataset(row_packed(10, 8), batch_size=3, seed=0).as_numpy_iterator())
+def test_train_batches_shapes():
+  batch = next(pipeline.train_batches(row_packed(10, 8), batch_size=3, seed=0))
   assert sorted(batch) == sorted(packing.KEYS)
   for key in packing.KEYS:
     assert batch[key].shape == (3, 8) and batch[key].dtype == np.int32
 
 
-def test_train_dataset_order_is_a_function_of_seed_step_process():
+def test_train_batches_order_is_a_function_of_seed_step_process():
   packed = row_packed(37)
-  first = take(pipeline.train_dataset(packed, 5, seed=1), 30)
-  np.testing.assert_array_equal(first, take(pipeline.train_dataset(packed, 5, seed=1), 30))
-  assert not np.array_equal(first, take(pipeline.train_dataset(packed, 5, seed=2), 30))
-  assert not np.array_equal(first, take(pipeline.train_dataset(packed, 5, seed=1, process_index=1), 30))
+  first = take(pipeline.train_batches(packed, 5, seed=1), 30)
+  np.testing.assert_array_equal(first, take(pipeline.train_batches(packed, 5, seed=1), 30))
+  assert not np.array_equal(first, take(pipeline.train_batches(packed, 5, seed=2), 30))
+  assert not np.array_equal(first, take(pipeline.train_batches(packed, 5, seed=1, process_index=1), 30))
   for k in (1, 7, 22):
-    resumed = take(pipeline.train_dataset(packed, 5, seed=1, start_step=k), 30 - k)
+    resumed = take(pipeline.train_batches(packed, 5, seed=1, start_step=k), 30 - k)
     np.testing.assert_array_equal(resumed, first[k:])
 
 
-def test_train_dataset_visits_every_row_once_per_epoch():
+def test_train_batches_visits_every_row_once_per_epoch():
   num_rows, batch_size = 37, 5
-  ids = take(pipeline.train_dataset(row_packed(num_rows), batch_size, seed=3), -(-3 * num_rows // batch_size))
+  ids = take(pipeline.train_batches(row_packed(num_rows), batch_size, seed=3), -(-3 * num_rows // batch_size))
   ids = ids.reshape(-1)
   epochs = [ids[e * num_rows:(e + 1) * num_rows] for e in range(3)]
   for epoch in epochs:
@@ -377,9 +377,8 @@ def test_transform_is_seeded_by_step_and_resumes():
   def noisy(batch, rng):  # any objective transform: output depends on the rng
     return {"tokens": batch["tokens"] + rng.integers(0, 1000, batch["tokens"].shape).astype(np.int32)}
 
-  spec = {"tokens": ((5, 8), np.int32)}
-  stream = lambda **kw: [b["tokens"] for b in pipeline.train_dataset(
-      packed, 5, seed=1, transform=noisy, spec=spec, **kw).take(6).as_numpy_iterator()]
+  stream = lambda **kw: [b["tokens"] for _, b in zip(range(6), pipeline.train_batches(
+      packed, 5, seed=1, transform=noisy, **kw))]
   first = stream()
   np.testing.assert_array_equal(first, stream())
   np.testing.assert_array_equal(first[2:], stream(start_step=2)[:4])  # resuming sees the same noise

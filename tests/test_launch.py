@@ -4,6 +4,7 @@ processes on 127.0.0.1. Whole runs of every family are tested in-process (test_r
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -37,9 +38,12 @@ def test_resume_repeats_the_uninterrupted_losses(tiny_run, tmp_path, bbc_data_di
     rows = [line for line in f if json.loads(line)["step"] <= 10]
   with open(os.path.join(resumed, "metrics.jsonl"), "w") as f:
     f.writelines(rows)
-  stdout = launch([*TINY, f"--workdir={resumed}"], bbc_data_dir, devices=2, cache_dir=compilation_cache).stdout
-  assert "Resumed from step 10" in stdout
+  proc = launch([*TINY, f"--workdir={resumed}"], bbc_data_dir, devices=2, cache_dir=compilation_cache,
+                python_flags=("-X", "importtime"))
+  assert "Resumed from step 10" in proc.stdout
   assert train_losses(resumed) == train_losses(workdir)
+  # Training, evaluation, checkpoints, TensorBoard events and samples without TensorFlow (~10 s to import).
+  assert not re.search(r"\|\s+tensorflow(\.|$)", proc.stderr, re.M)
 
 
 def test_sample_command_is_reproducible(tiny_run, bbc_data_dir, compilation_cache):

@@ -64,7 +64,12 @@ def test_train_writes_metrics_checkpoints_and_samples(gpt_run):
   assert 0 < summary["validation"]["loss"] < losses[1]
   assert summary["validation"]["perplexity"] == pytest.approx(2.718281828 ** summary["validation"]["loss"], rel=1e-6)
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["10", "20"]
-  assert os.listdir(os.path.join(workdir, "tensorboard"))
+  from tensorboard.backend.event_processing import event_accumulator  # what TensorBoard reads with
+  events = event_accumulator.EventAccumulator(os.path.join(workdir, "tensorboard"))
+  events.Reload()
+  assert [e.step for e in events.Scalars("train/loss")] == sorted(losses)
+  assert [e.value for e in events.Scalars("train/loss")] == pytest.approx([losses[s] for s in sorted(losses)])
+  assert events.Scalars("eval/loss")[-1].step == 20
   assert os.path.exists(os.path.join(workdir, "tokenizer.model"))
   assert stdout.count("sample: ") == 2
 

@@ -2,6 +2,7 @@
 path, resumable, checked, shared by concurrent preparers."""
 
 import concurrent.futures
+import itertools
 import os
 
 import numpy as np
@@ -79,13 +80,15 @@ def test_shard_batches_equal_the_in_memory_path(corpus, name):
     assert len(docs._tokens) == 3 and all(isinstance(t, np.memmap) for t in docs._tokens)  # mapped, not loaded
     ref_rows, rows = in_memory_rows(name, reference, cfg), data.rows(docs)
     assert rows.num_rows == ref_rows.num_rows > BATCH
-    streams = [list(pipeline.train_dataset(r, BATCH, seed=3, transform=data.transform, spec=spec)
-                    .take(4).as_numpy_iterator()) for r in (ref_rows, rows)]
+    streams = [list(itertools.islice(pipeline.train_batches(r, BATCH, seed=3, transform=data.transform), 4))
+               for r in (ref_rows, rows)]
     evals = [list(pipeline.EvalBatches(r, BATCH, data.transform, seed=3)) for r in (ref_rows, rows)]
     for got, want in zip(streams[1] + evals[1], streams[0] + evals[0]):
       assert sorted(got) == sorted(want)
       for key in want:
         np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    for got in streams[1]:  # what the model's input shapes are built from
+      assert {k: (v.shape, v.dtype) for k, v in got.items()} == {k: (s, np.dtype(d)) for k, (s, d) in spec.items()}
 
 
 def test_resuming_on_shards_repeats_the_batches(corpus):
@@ -93,8 +96,7 @@ def test_resuming_on_shards_repeats_the_batches(corpus):
   cfg = corpus_config(tmp_path, **{"data.num_shards": 3})
   docs, _ = shards.split_documents(cfg, cfg.data.train_split, tokenizer_path, out=lambda line: None)
   rows = packing.PackedRows(docs, SEQ_LEN)
-  stream = lambda start: [b["tokens"] for b in pipeline.train_dataset(rows, BATCH, 5, start).take(6)
-                          .as_numpy_iterator()]
+  stream = lambda start: [b["tokens"] for b in itertools.islice(pipeline.train_batches(rows, BATCH, 5, start), 6)]
   whole = stream(0)
   np.testing.assert_array_equal(stream(4)[:2], whole[4:])
   assert not np.array_equal(whole[0], whole[1])

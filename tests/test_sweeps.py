@@ -130,13 +130,10 @@ def test_a_sweep_reruns_only_what_is_not_finished(tmp_path, bbc_data_dir, monkey
 
 
 def _has_hparams(tb_dir: str) -> bool:
-  import tensorflow as tf
-  for name in os.listdir(tb_dir):
-    for event in tf.compat.v1.train.summary_iterator(os.path.join(tb_dir, name)):
-      for value in event.summary.value:
-        if value.metadata.plugin_data.plugin_name == "hparams":
-          return True
-  return False
+  from tensorboard.backend.event_processing import event_accumulator
+  events = event_accumulator.EventAccumulator(tb_dir)
+  events.Reload()
+  return bool(events.PluginTagToContent("hparams")) and "final/validation.loss" in events.Tags()["scalars"]
 
 
 def test_only_an_srun_step_with_several_tasks_is_a_multi_process_run(monkeypatch):

@@ -72,7 +72,7 @@ def default_config() -> ConfigDict:
   d.seq_len = 128
   # Global batch size in rows (across all processes and devices).
   d.batch_size = 32
-  # Batches that tf.data prepares ahead of the train step.
+  # Batches a background thread prepares ahead of the train step (data/pipeline.py).
   d.prefetch = 2
   # Where tokenized splits (token shards) and corpus tokenizers are cached and shared by runs; None:
   # $LMLAB_CACHE, else ~/.cache/lmlab. `python launch.py prepare` fills it ahead of a run.

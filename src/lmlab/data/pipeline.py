@@ -6,10 +6,11 @@ so the memory of a run does not grow with its corpus. Shape suffixes: B batch ro
 R rows of the split.
 """
 
-from typing import Callable
+import collections
+import concurrent.futures
+from typing import Callable, Iterator
 
 import numpy as np
-import tensorflow as tf
 
 from lmlab.data import packing
 
@@ -18,56 +19,84 @@ def as_rows(rows) -> packing.Rows:
   return packing.ArrayRows(rows) if isinstance(rows, dict) else rows
 
 
-def train_dataset(rows, batch_size: int, seed: int, start_step: int = 0, process_index: int = 0,
-                  prefetch: int = 2, transform: Callable[[dict, np.random.Generator], dict] | None = None,
-                  spec: dict | None = None) -> tf.data.Dataset:
-  """Endless batches of `batch_size` rows (this process's share of the global batch), reshuffled every
-  epoch. Batch `step` is a pure function of (seed, step, process_index): resuming at start_step yields
-  exactly what an uninterrupted run would have, without replaying earlier batches.
+def train_batches(rows, batch_size: int, seed: int, start_step: int = 0, process_index: int = 0,
+                  prefetch: int = 2, transform: Callable[[dict, np.random.Generator], dict] | None = None
+                  ) -> Iterator[dict]:
+  """Endless numpy batches of `batch_size` rows (this process's share of the global batch), reshuffled
+  every epoch. Batch `step` is a pure function of (seed, step, process_index): resuming at start_step
+  yields exactly what an uninterrupted run would have, without replaying earlier batches.
 
   `rows` is a Rows (or a dict of arrays with a common leading axis R). Example i (= step * batch_size +
-  b) is row index_shuffle(i % R, seed=[seed, i // R, process_index]): a stateless permutation of the R
+  b) is row index_shuffle(i % R, key(seed, i // R, process_index), R): a stateless permutation of the R
   rows per epoch, so every row is seen once per epoch. The rows are read, then the objective's
-  `transform(batch, rng)` (numpy) runs with rng = transform_rng(seed, step, process_index); `spec` gives
-  its outputs' {name: (shape, dtype)}.
+  `transform(batch, rng)` runs with rng = transform_rng(seed, step, process_index). A background thread
+  makes the next `prefetch` batches while the train step runs (numpy and the row reads release the GIL).
   """
   rows = as_rows(rows)
   num_rows = rows.num_rows
   if num_rows == 0:
-    raise ValueError("train_dataset needs at least one row; the training split has no tokens.")
-  if transform is None:
-    transform = lambda batch, rng: batch
-    spec = {k: (v.shape, v.dtype) for k, v in rows.get(np.zeros(batch_size, np.int64)).items()}
-  names = sorted(spec)
+    raise ValueError("train_batches needs at least one row; the training split has no tokens.")
 
-  def shuffled(index_B):
-    epoch_B = index_B // num_rows
-    seed_B3 = tf.stack([tf.fill(tf.shape(index_B), tf.constant(seed, tf.int64)), epoch_B,
-                        tf.fill(tf.shape(index_B), tf.constant(process_index, tf.int64))], axis=1)
-    # The raw op takes a 3-word key; the public tf.random.experimental.index_shuffle takes 2 and pads it
-    # with a constant, which would leave no room for the process index.
-    row_B = tf.raw_ops.RandomIndexShuffle(
-        index=index_B % num_rows, seed=seed_B3,
-        max_index=tf.fill(tf.shape(index_B), tf.constant(num_rows - 1, tf.int64)), rounds=4)
-    return index_B[0] // batch_size, row_B
+  def batch(step: int) -> dict:
+    index_B = np.arange(step * batch_size, (step + 1) * batch_size, dtype=np.uint64)
+    key_B = shuffle_key(seed, index_B // np.uint64(num_rows), process_index)
+    out = rows.get(index_shuffle(index_B % np.uint64(num_rows), key_B, num_rows).astype(np.int64))
+    return out if transform is None else transform(out, transform_rng(seed, step, process_index))
 
-  def read(step, row_B):
-    out = transform(rows.get(row_B), transform_rng(seed, int(step), process_index))
-    return [np.asarray(out[name], spec[name][1]) for name in names]
+  pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="lmlab-batches")
+  try:
+    ahead = collections.deque(pool.submit(batch, s) for s in range(start_step, start_step + prefetch + 1))
+    step = start_step + len(ahead)
+    while True:
+      out = ahead.popleft().result()
+      ahead.append(pool.submit(batch, step))
+      step += 1
+      yield out
+  finally:
+    pool.shutdown(wait=False, cancel_futures=True)
 
-  def apply(step, row_B):
-    outs = tf.numpy_function(read, [step, row_B], [tf.as_dtype(spec[name][1]) for name in names],
-                             stateful=False)
-    return {name: tf.ensure_shape(out, spec[name][0]) for name, out in zip(names, outs)}
 
-  # Batch the indices first: one vectorized shuffle and one row read + transform per batch.
-  ds = tf.data.Dataset.range(start_step * batch_size, 2**62)
-  ds = ds.batch(batch_size, drop_remainder=True)
-  ds = ds.map(shuffled).map(apply, num_parallel_calls=tf.data.AUTOTUNE)
-  ds = ds.prefetch(prefetch)
-  options = tf.data.Options()
-  options.deterministic = True
-  return ds.with_options(options)
+def _mix(x):
+  """splitmix64's finalizer on uint64 arrays (wrapping arithmetic): a cheap hash with full avalanche."""
+  x = np.asarray(x, np.uint64)
+  with np.errstate(over="ignore"):
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+  return x ^ (x >> np.uint64(31))
+
+
+def shuffle_key(seed: int, epoch_B, process_index: int):
+  """The permutation key of each example's (seed, epoch, process)."""
+  with np.errstate(over="ignore"):
+    key = _mix(np.uint64(seed % 2**64) + np.uint64(0x9E3779B97F4A7C15))
+    return _mix(_mix(key ^ np.asarray(epoch_B, np.uint64)) ^ np.uint64(process_index))
+
+
+def index_shuffle(index_B, key_B, num_rows: int, rounds: int = 4):
+  """Element index_B of a pseudo-random permutation of [0, num_rows) chosen by key_B, without building
+  the permutation (memory does not grow with the corpus): a balanced Feistel network on the smallest
+  even-bit domain that holds num_rows, walked until it lands inside (each step is a bijection of the
+  domain, so the walk returns to [0, num_rows) and the map stays one to one there); at most 4x the
+  domain, so a few steps on average."""
+  half = max(1, (max(num_rows - 1, 1).bit_length() + 1) // 2)
+  low = np.uint64((1 << half) - 1)
+  shift = np.uint64(half)
+  key_B = np.asarray(key_B, np.uint64)
+
+  def feistel(x, key):
+    left, right = x >> shift, x & low
+    for r in range(rounds):
+      with np.errstate(over="ignore"):
+        f = _mix(right ^ _mix(key + np.uint64(r))) & low
+      left, right = right, left ^ f
+    return (left << shift) | right
+
+  x = feistel(np.asarray(index_B, np.uint64), key_B)
+  outside = x >= np.uint64(num_rows)
+  while outside.any():
+    x[outside] = feistel(x[outside], key_B[outside])
+    outside = x >= np.uint64(num_rows)
+  return x
 
 
 def transform_rng(seed: int, step: int, process_index: int) -> np.random.Generator:

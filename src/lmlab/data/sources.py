@@ -14,8 +14,7 @@ import re
 from typing import Iterator
 
 import numpy as np
-import tensorflow as tf
-import tensorflow_datasets as tfds
+import tensorflow_datasets as tfds  # imports TensorFlow only when a dataset is read
 
 from lmlab.data import bbc_news
 from lmlab.errors import DataError
@@ -142,8 +141,10 @@ def _tfds_stream(builder, key: str, split) -> Iterator[str]:
 
 def _check_text_key(builder, data_cfg) -> None:
   key, features = data_cfg.text_key, builder.info.features
-  if key not in features or features[key].tf_dtype != tf.string or features[key].shape != ():
-    strings = [k for k in features if features[k].tf_dtype == tf.string and features[k].shape == ()]
+  is_text = lambda k: (isinstance(features[k], tfds.features.Tensor) and features[k].shape == ()
+                       and np.dtype(features[k].np_dtype).kind in "OSU")  # a scalar string
+  if key not in features or not is_text(key):
+    strings = [k for k in features if is_text(k)]
     raise DataError(f"config.data.text_key = {key!r} is not a text feature of {data_cfg.tfds_name!r}; "
                     f"its text features are {', '.join(strings) or 'none'}.")
 

@@ -108,7 +108,7 @@ def run(points: list[points_lib.Point], sweep_dir: str, executor: str = "local",
     out(f"  {name}: {s}" + (", skipped (--retry_failed runs it again)" if s in ("failed", "diverged") else
                             ", skipped"))
   if todo:
-    from lmlab.sweeps import prepare  # imports TensorFlow: only when something will run
+    from lmlab.sweeps import prepare  # imports TFDS: only when something will run
     prepare.shared(todo, out)
   if executor == "slurm":
     return _run_slurm(points, todo, sweep_dir, slurm_options, poll_s, out, retry_failed)

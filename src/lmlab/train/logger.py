@@ -1,16 +1,46 @@
 """Metrics out of the loop: a console progress line, a JSONL file and TensorBoard events.
 
-Only process 0 writes; the others stay quiet.
+Only process 0 writes; the others stay quiet. The event files are written with TensorBoard's own record
+format and protos, not tf.summary: a training run never imports TensorFlow.
 """
 
 import json
 import os
+import socket
 import time
 
 import jax
-import tensorflow as tf
+from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.summary.writer.record_writer import RecordWriter
 
 from lmlab import config as config_lib
+
+
+class EventFile:
+  """One TensorBoard event file in `logdir`: scalars and ready-made summaries (e.g. HParams)."""
+
+  def __init__(self, logdir: str):
+    os.makedirs(logdir, exist_ok=True)
+    name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}.lmlab"
+    self._records = RecordWriter(open(os.path.join(logdir, name), "wb"))
+    self._add(event_pb2.Event(file_version="brain.Event:2"))
+
+  def _add(self, event) -> None:
+    event.wall_time = time.time()
+    self._records.write(event.SerializeToString())
+
+  def scalars(self, step: int, values: dict) -> None:
+    self.summary(step, summary_pb2.Summary(
+        value=[summary_pb2.Summary.Value(tag=tag, simple_value=float(v)) for tag, v in values.items()]))
+
+  def summary(self, step: int, summary) -> None:
+    self._add(event_pb2.Event(step=step, summary=summary))
+
+  def flush(self) -> None:
+    self._records.flush()
+
+  def close(self) -> None:
+    self._records.close()
 
 
 class MetricsLogger:
@@ -25,7 +55,7 @@ class MetricsLogger:
     self._workdir = os.path.abspath(workdir)
     if self.enabled:
       self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
-      self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+      self._tb = EventFile(os.path.join(workdir, "tensorboard"))
 
   def start(self, step: int) -> None:
     self._last_time, self._last_step = time.perf_counter(), step
@@ -37,9 +67,7 @@ class MetricsLogger:
     metrics = {k: float(v) for k, v in metrics.items()}
     self._jsonl.write(json.dumps({"step": step, "split": prefix, **metrics}) + "\n")
     self._jsonl.flush()
-    with self._tb.as_default(step=step):
-      for key, value in metrics.items():
-        tf.summary.scalar(f"{prefix}/{key}", value)
+    self._tb.scalars(step, {f"{prefix}/{key}": value for key, value in metrics.items()})
     self._tb.flush()
 
   def train_progress(self, step: int, metrics: dict) -> None:
@@ -64,14 +92,12 @@ class MetricsLogger:
     dashboard, so the runs of a sweep can be compared there too."""
     if not self.enabled:
       return
-    from tensorboard.plugins.hparams import api as hp
+    from tensorboard.plugins.hparams import summary_v2
     values = {k: v if isinstance(v, (bool, int, float, str)) else json.dumps(v)
               for k, v in config_lib.flatten(config).items() if k != "workdir" and v is not None}
-    with self._tb.as_default(step=0):
-      hp.hparams(values, trial_id=self._workdir)
-      for key, value in config_lib.flatten(final).items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-          tf.summary.scalar(f"final/{key}", value)
+    self._tb.summary(0, summary_v2.hparams_pb(values, trial_id=self._workdir))
+    self._tb.scalars(0, {f"final/{key}": value for key, value in config_lib.flatten(final).items()
+                         if isinstance(value, (int, float)) and not isinstance(value, bool)})
     self._tb.flush()
 
   def print(self, text: str) -> None:

@@ -72,9 +72,8 @@ def _train(cfg, run_dir: str, mesh, stop: signals.StopRequests, cleanup: context
   else:
     state = trn.init_state(jax.random.PRNGKey(cfg.seed))
   start_step = int(jax.device_get(state.step))
-  train_iter = pipeline.train_dataset(train_rows, local_batch, cfg.seed, start_step, jax.process_index(),
-                                      cfg.data.prefetch, data.transform, data.spec(local_batch)
-                                      ).as_numpy_iterator()
+  train_iter = pipeline.train_batches(train_rows, local_batch, cfg.seed, start_step, jax.process_index(),
+                                      cfg.data.prefetch, data.transform)
   # Made when evaluated: the batches are fixed (seeded by their index), whatever the step.
   eval_batches = pipeline.EvalBatches(eval_rows, local_batch, data.transform, cfg.seed)
   evaluate_now = lambda params: evaluate(trn, params, eval_batches, trn.eval_terms, cfg.train.eval_batches)

@@ -26,7 +26,7 @@ import math
 import os
 
 from lmlab import config as config_lib
-from lmlab.report import stats
+from lmlab.report import plots, stats
 from lmlab.sweeps import stages
 
 # name -> (pretraining experiment, poolings the fine-tuning may choose from)
@@ -124,9 +124,9 @@ def results(sweep_dir: str) -> dict:
 def report(sweep_dir: str, plots_too: bool = True) -> list[str]:
   """The table (pretraining cost and validation loss of each objective's own targets; test accuracy at
   FRACTION, mean and 95% interval over seeds) and the paired differences against REFERENCE, written to
-  objectives.md."""
-  del plots_too  # a table: the systems are categories
+  objectives.md; objectives.png shows both."""
   found = results(sweep_dir)
+  accuracy_rows, difference_rows = [], []
   lines = ["| system | pretraining steps | training FLOPs | validation loss of its own targets (perplexity) | "
            f"topic test accuracy at fraction {FRACTION:g} | chosen lr, pooling |", "|---|---|---|---|---|---|"]
   for system in (s for s in SYSTEMS if s in found["pretrain"]):
@@ -135,6 +135,8 @@ def report(sweep_dir: str, plots_too: bool = True) -> list[str]:
     acc = found["accuracy"].get(system, {})
     i = stats.interval(list(acc.values()))
     cell = f"{i['mean']:.3f} [{i['ci_low']:.3f}, {i['ci_high']:.3f}] (n={i['n']})" if acc else "-"
+    if acc:
+      accuracy_rows.append((system, i["mean"], i["ci_low"], i["ci_high"]))
     chosen = found["chosen"].get(system)
     lines.append(f"| {system} | {steps} | {flops:.2e} | {validation['loss']:.3f} "
                  f"({math.exp(validation['loss']):.1f}){extra} | {cell} | "
@@ -145,10 +147,18 @@ def report(sweep_dir: str, plots_too: bool = True) -> list[str]:
     if system == REFERENCE or not reference:
       continue
     d = stats.paired_difference(acc, reference)
+    difference_rows.append((system, d["mean"], d["ci_low"], d["ci_high"]))
     verdict = "a higher" if d["ci_low"] > 0 else "a lower" if d["ci_high"] < 0 else "not resolved"
     lines.append(f"| {system} - {REFERENCE} | {d['mean']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}] "
                  f"(n={d['n']}; {verdict}) |")
   path = os.path.join(sweep_dir, "objectives.md")
   with open(path, "w") as f:
     f.write("\n".join(lines) + "\n")
-  return lines + [f"wrote {path}"]
+  written = [path]
+  if plots_too and accuracy_rows:
+    panels = [(f"topic test accuracy at label fraction {FRACTION:g}", accuracy_rows, False)]
+    if difference_rows:
+      panels.append((f"paired difference against {REFERENCE}", difference_rows, True))
+    written.append(plots.categories(panels, "Objectives at matched pretraining FLOPs, then BBC topic "
+                                    "fine-tuning", os.path.join(sweep_dir, "objectives.png")))
+  return lines + ["wrote " + ", ".join(written)]

@@ -1,5 +1,6 @@
-"""The ablations' commands through launch.py (the e2e tier): a staged sweep that pretrains, selects on
-validation and runs the seeds, on its tiny grid."""
+"""The ablations' commands through launch.py (the e2e tier), each on its tiny grid: staged sweeps that
+pretrain, select on validation and run the seeds (label efficiency, objectives), runs at matched compute
+(families) and the scaling fit."""
 
 import json
 import os
@@ -69,3 +70,50 @@ def test_families_ablation_matches_compute_and_scores_the_deduplicated_validatio
   assert os.path.exists(os.path.join(sweep_dir, "families.png"))
   assert os.path.exists(os.path.join(sweep_dir, "families_dedup.png"))
 
+
+
+def test_scaling_ablation_fits_a_power_law_over_its_ladder(tmp_path, bbc_data_dir, compilation_cache):
+  """The README's scaling command on its tiny grid: 4 decoder sizes on the same tokens, one seed, then the
+  fit of L(N) over the non-embedding parameters (no interval with one seed) and the plot."""
+  sweep_dir = str(tmp_path / "scaling")
+  args = ["sweep", f"--config={ROOT}/experiments/scaling.py:size=tiny", f"--workdir={sweep_dir}", "--executor=debug"]
+  out = launch(args, bbc_data_dir, cache_dir=compilation_cache).stdout
+  assert "stage 1/1 'train': 4 points" in out
+  with open(os.path.join(sweep_dir, "scaling.md")) as f:
+    table = f.read()
+  rows = [line for line in table.splitlines() if line[:3].strip("| ").isdigit()]
+  assert [r.split("|")[1].strip() for r in rows] == ["16 x 1", "32 x 1", "48 x 1", "64 x 1"]
+  counts = [int(r.split("|")[2].replace(",", "")) for r in rows]
+  assert counts == sorted(counts) and counts[0] < counts[-1]
+  # A fit, or the reason there is none: 4 tiny models at 2 steps need not fall with size.
+  assert ("L(N) = " in table and "no interval (one seed per size)" in table) or "L(N) not fitted: " in table
+  assert os.path.exists(os.path.join(sweep_dir, "scaling.png")) == ("L(N) = " in table)
+
+
+def test_objectives_ablation_pretrains_at_matched_flops_then_fine_tunes(tmp_path, bbc_data_dir, compilation_cache):
+  """The README's objectives command on its tiny grid: a causal-LM decoder and a span-corruption
+  encoder-decoder pretrained for the same FLOPs, fine-tuned at label fraction 0.1 (selection at seed 0,
+  then seed 1), and the table of accuracies with the paired difference and its plot."""
+  sweep_dir = str(tmp_path / "objectives")
+  args = ["sweep", f"--config={ROOT}/experiments/objectives.py:size=tiny", f"--workdir={sweep_dir}",
+          "--executor=debug"]
+  out = launch(args, bbc_data_dir, cache_dir=compilation_cache).stdout
+  assert "stage 1/3 'pretrain': 2 points" in out and "stage 2/3 'select': 2 points" in out
+  assert "stage 3/3 'seeds': 2 points" in out
+  pretrained = {}
+  for name in os.listdir(sweep_dir):
+    path = os.path.join(sweep_dir, name, "metrics.json")
+    cfg_path = os.path.join(sweep_dir, name, "config.json")
+    if os.path.exists(path) and json.load(open(cfg_path))["name"].startswith("objpre_"):
+      summary, cfg = json.load(open(path)), json.load(open(cfg_path))
+      per_step = summary["flops_per_token"] * cfg["data"]["batch_size"] * cfg["data"]["seq_len"]
+      assert abs(summary["step"] * per_step - 4e9) <= per_step / 2  # the budget, to the nearest step
+      pretrained[cfg["objective"]["name"]] = summary["step"]
+  assert sorted(pretrained) == ["causal_lm", "span_corruption"]
+  assert pretrained["causal_lm"] != pretrained["span_corruption"]
+  with open(os.path.join(sweep_dir, "objectives.md")) as f:
+    table = f.read()
+  for system in ("decoder_causal_lm", "encdec_span_corruption"):
+    assert f"| {system} | " in table
+  assert table.count("(n=2)") == 2 and "| encdec_span_corruption - decoder_causal_lm | " in table
+  assert os.path.exists(os.path.join(sweep_dir, "objectives.png"))

@@ -1,5 +1,5 @@
 """The report's figures (matplotlib's Agg canvas, no display): validation curves with their seed bands,
-final metrics against a swept axis, and a power-law fit on log-log axes. Each function writes one PNG
+final metrics against a swept axis, a power-law fit on log-log axes, and systems side by side. Each function writes one PNG
 and returns its path."""
 
 import math
@@ -155,6 +155,25 @@ def power_laws(series: list[tuple], xlabel: str, ylabel: str, title: str, path: 
     ax.plot(grid, fit["a"] * grid ** -fit["alpha"] + fit["c"], color=f"C{k}", lw=1.2, ls="--",
             label=f"{fit['a']:.3g}·N^-{fit['alpha']:.3f} + {fit['c']:.3g}")
   return _save_log_log(fig, ax, xlabel, ylabel, title, path)
+
+
+def categories(panels: list[tuple], title: str, path: str) -> str:
+  """Side-by-side panels, a row per system: its mean with a 95% interval. panels = [(xlabel, rows
+  [(label, mean, low, high)], zero)]; zero: a dotted line at 0 (for paired differences)."""
+  fig = _figure(width=4.0 * len(panels), height=1.4 + 0.4 * max(len(rows) for _, rows, _ in panels))
+  for k, (xlabel, rows, zero) in enumerate(panels):
+    ax = fig.add_subplot(1, len(panels), k + 1)
+    y = np.arange(len(rows))[::-1]
+    mean, low, high = (np.array([r[i] for r in rows], float) for i in (1, 2, 3))
+    ax.errorbar(mean, y, xerr=np.nan_to_num(np.array([mean - low, high - mean])), fmt="o", ms=4, capsize=3)
+    ax.set_yticks(y, [r[0] for r in rows], fontsize=7)
+    ax.set_ylim(-0.6, len(rows) - 0.4)
+    if zero:
+      ax.axvline(0, ls=":", color="gray", lw=1)
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.grid(alpha=0.3, axis="x")
+  fig.suptitle(title + " (mean and 95% CI over seeds)", fontsize=9)
+  return _save(fig, path)
 
 
 def filename(root: str, *parts: str) -> str:

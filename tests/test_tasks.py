@@ -132,6 +132,21 @@ def test_bbc_topic_label_fraction(bbc_data_dir, bbc_topic):
   assert other_seed.train.texts != task.train.texts
 
 
+def test_tfds_examples_are_read_once_into_the_data_cache(bbc_data_dir, bbc_topic, tmp_path, monkeypatch):
+  """Reading a TFDS split imports TensorFlow (~10 s): the examples are kept in the data cache, and a later
+  run gets the same ones without touching TFDS's records."""
+  import tensorflow_datasets as tfds
+  monkeypatch.setenv("LMLAB_CACHE", str(tmp_path))
+  first = data.load_task(_cfg(bbc_data_dir, name="bbc_topic"))  # read from TFDS into the empty cache
+  assert len(list((tmp_path / "examples").iterdir())) == 3  # one file per split
+  monkeypatch.setattr(tfds.core.DatasetBuilder, "as_dataset", lambda *a, **k: pytest.fail("read TFDS again"))
+  again = data.load_task(_cfg(bbc_data_dir, name="bbc_topic"))
+  for name in ("train", "validation", "test"):
+    a, b, reference = getattr(again, name), getattr(first, name), getattr(bbc_topic, name)
+    assert a.texts == b.texts == reference.texts
+    assert a.labels.dtype == np.int32 and (a.labels == b.labels).all() and (a.labels == reference.labels).all()
+
+
 def test_bbc_headline(bbc_data_dir, bbc_topic):
   task = data.load_task(_cfg(bbc_data_dir, name="bbc_headline"))
   assert task.kind == "generation" and task.label_names == ()

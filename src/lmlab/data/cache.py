@@ -4,6 +4,9 @@ they are made of, so a second run, a sweep's points or another host never redo t
 Layout under the cache directory (config.data.cache_dir, else $LMLAB_CACHE, else ~/.cache/lmlab):
   tokenizers/<corpus>-<key>.model    a corpus tokenizer: key = (training split's identity, tokenizer config)
   tokens/<corpus>/<split>-<key>/     a split's token shards: key = (split identity, tokenizer bytes, shards)
+  examples/<dataset>-<key>.json      a TFDS split's examples as fine-tuning reads them (tasks/data.py):
+                                     key = (dataset, data directory, its preparation, split,
+                                     what is read)
 A split's identity is what decides its text: a TFDS dataset's full name (config/version), data directory,
 text feature and split string; text files' glob, document unit, validation percentage, role (train or
 validation) and every file's name, size and modification time (an edited file makes a new key).
@@ -51,6 +54,31 @@ def corpus_name(data_cfg) -> str:
   if data_cfg.source == "tfds":
     return slug(data_cfg.tfds_name)
   return slug(os.path.basename(os.path.dirname(os.path.abspath(os.path.expanduser(data_cfg.text_glob)))) or "text")
+
+
+def tfds_examples(data_cfg, builder, what: dict, read):
+  """read()'s JSON-able result for the TFDS dataset of `builder`, kept in the cache under `what` (the
+  split and the features read): reading a TFDS split needs TensorFlow (about 10 s to import), so only the
+  first run on a dataset pays for it. Written by temp + rename: a reader never sees half a file. A
+  dataset without its dataset_info.json on disk (TFDS's mock data) is read every time."""
+  name = builder.info.full_name
+  info_path = os.path.join(builder.data_dir, "dataset_info.json")  # rewritten when it is prepared again
+  if not os.path.exists(info_path):
+    return read()
+  info = os.stat(info_path)
+  key = digest({"tfds": name, "data_dir": os.path.abspath(builder.data_dir_root), **what,
+                "prepared": (info.st_size, info.st_mtime_ns)})
+  path = os.path.join(cache_dir(data_cfg), "examples", f"{slug(name)}-{key}.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      return json.load(f)
+  value = read()
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  temp = f"{path}.{os.getpid()}.tmp"
+  with open(temp, "w") as f:
+    json.dump(value, f)
+  os.replace(temp, path)
+  return value
 
 
 @contextlib.contextmanager

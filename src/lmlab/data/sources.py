@@ -141,12 +141,17 @@ def _tfds_stream(builder, key: str, split) -> Iterator[str]:
 
 def _check_text_key(builder, data_cfg) -> None:
   key, features = data_cfg.text_key, builder.info.features
-  is_text = lambda k: (isinstance(features[k], tfds.features.Tensor) and features[k].shape == ()
-                       and np.dtype(features[k].np_dtype).kind in "OSU")  # a scalar string
-  if key not in features or not is_text(key):
-    strings = [k for k in features if is_text(k)]
+  if not is_text_feature(features, key):
+    strings = [k for k in features if is_text_feature(features, k)]
     raise DataError(f"config.data.text_key = {key!r} is not a text feature of {data_cfg.tfds_name!r}; "
                     f"its text features are {', '.join(strings) or 'none'}.")
+
+
+def is_text_feature(features, key: str) -> bool:
+  """Whether TFDS feature `key` is a scalar string (checked from numpy dtypes: no TensorFlow)."""
+  feature = features[key] if key in features else None
+  return (isinstance(feature, tfds.features.Tensor) and feature.shape == ()
+          and np.dtype(feature.np_dtype).kind in "OSU")
 
 
 def text_file_paths(data_cfg) -> list[str]:

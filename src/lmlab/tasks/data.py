@@ -27,10 +27,9 @@ import os
 from typing import Iterator
 
 import numpy as np
-import tensorflow as tf
-import tensorflow_datasets as tfds
+import tensorflow_datasets as tfds  # imports TensorFlow only when a split is read
 
-from lmlab.data import sources
+from lmlab.data import cache, sources
 from lmlab.errors import DataError
 
 KINDS = {"bbc_topic": "classification", "bbc_headline": "generation",
@@ -155,27 +154,32 @@ def _qa_splits(cfg) -> dict[str, Split]:
     for split in ("train", "validation"):
       if builder.info.splits and split not in builder.info.splits:  # (empty under tfds.testing.mock_data)
         raise DataError(f"config.task.qa_tfds_name = {name!r} has no {split!r} split.")
-    train, titles = _qa_examples(builder, "train")
+    train, titles = _qa_examples(cfg.data, builder, "train")
     val_percent = cfg.task.validation_percent
     to_val = np.array([_hash_split(t, val_percent, 0) == "validation" for t in titles], bool)
     if not 0 < to_val.sum() < len(to_val):
       raise DataError(f"config.task.validation_percent = {val_percent} leaves no article of {name!r} in "
                       "validation or in train; use a value between 1 and 99.")
     splits = {"train": _take(train, np.flatnonzero(~to_val)), "validation": _take(train, np.flatnonzero(to_val)),
-              "test": _qa_examples(builder, "validation")[0]}
+              "test": _qa_examples(cfg.data, builder, "validation")[0]}
   else:
-    splits = {split: _qa_examples(builder, split)[0] for split in _SPLITS}
+    splits = {split: _qa_examples(cfg.data, builder, split)[0] for split in _SPLITS}
   for split, examples in splits.items():
     if not examples:
       raise DataError(f"Split {split!r} of {name!r} has no examples.")
   return splits
 
 
-def _qa_examples(builder, split: str) -> tuple[Split, list[str]]:
-  """The split's questions (and their titles: "" without a title feature)."""
-  features = builder.info.features
-  squad_like = "answers" in features
+def _qa_examples(data_cfg, builder, split: str) -> tuple[Split, list[str]]:
+  """The split's questions (and their titles: "" without a title feature), read once into the data cache."""
+  squad_like = "answers" in builder.info.features
   keys = ("question", "context") + (("answers", "title") if squad_like else ("answer", "answer_start"))
+  read = lambda: _read_qa(builder, split, keys, squad_like)
+  out, titles = cache.tfds_examples(data_cfg, builder, {"split": split, "qa": keys}, read)
+  return Split(labels=None, targets=[a[0] for a in out["answers"]], **out), titles
+
+
+def _read_qa(builder, split: str, keys: tuple[str, ...], squad_like: bool) -> tuple[dict, list[str]]:
   ds = builder.as_dataset(split=split, shuffle_files=False)
   out = {"texts": [], "contexts": [], "answers": [], "answer_starts": []}
   titles = []
@@ -194,7 +198,7 @@ def _qa_examples(builder, split: str) -> tuple[Split, list[str]]:
     out["contexts"].append(context)
     out["answers"].append(golds or [""])
     out["answer_starts"].append(start)
-  return Split(labels=None, targets=[a[0] for a in out["answers"]], **out), titles
+  return out, titles
 
 
 def _locate(context: str, answer: str, offset: int) -> int:
@@ -212,7 +216,7 @@ def _bbc_splits(data_cfg, name: str) -> tuple[tuple[str, ...], dict[str, Split]]
   builder = sources.tfds_builder(data_cfg)
   features = builder.info.features
   second = "label" if name == "bbc_topic" else "title"
-  is_text = lambda k: k in features and features[k].tf_dtype == tf.string and features[k].shape == ()
+  is_text = lambda k: sources.is_text_feature(features, k)
   is_label = isinstance(features["label"], tfds.features.ClassLabel) if "label" in features else False
   ok = is_text("text") and (is_label if second == "label" else is_text("title"))
   missing_splits = [s for s in _SPLITS if s not in builder.info.splits]
@@ -226,12 +230,12 @@ def _bbc_splits(data_cfg, name: str) -> tuple[tuple[str, ...], dict[str, Split]]
         f"put the data in a file for config.task.name = {file_task!r}.")
   splits = {}
   for split in _SPLITS:
-    columns = _tfds_columns(builder, split, ("text", second))
-    texts = [raw.decode("utf-8") for raw in columns["text"]]
+    columns = _tfds_columns(data_cfg, builder, split, ("text", second))
+    texts = columns["text"]
     if second == "label":
       splits[split] = Split(texts=texts, labels=np.asarray(columns["label"], np.int32), targets=None)
     else:
-      titles = [raw.decode("utf-8").strip() for raw in columns["title"]]
+      titles = [title.strip() for title in columns["title"]]
       pairs = [(_headline_source(data_cfg, text, title), title) for text, title in zip(texts, titles)]
       # Articles without a body (or a title) have nothing to learn from: drop them.
       pairs = [(source, title) for source, title in pairs if source and title]
@@ -243,15 +247,20 @@ def _bbc_splits(data_cfg, name: str) -> tuple[tuple[str, ...], dict[str, Split]]
   return label_names, splits
 
 
-def _tfds_columns(builder, split: str, keys: tuple[str, ...]) -> dict[str, list]:
-  """{key: values of `split` in the dataset's order}; decodes only `keys`."""
-  ds = builder.as_dataset(split=split, shuffle_files=False,
-                          decoders=tfds.decode.PartialDecoding({k: True for k in keys}))
-  columns = {k: [] for k in keys}
-  for batch in tfds.as_numpy(ds.batch(1024)):
-    for k in keys:
-      columns[k].extend(batch[k])
-  return columns
+def _tfds_columns(data_cfg, builder, split: str, keys: tuple[str, ...]) -> dict[str, list]:
+  """{key: values of `split` in the dataset's order: strings (UTF-8) or ints}; decodes only `keys`, once
+  into the data cache."""
+
+  def read():
+    ds = builder.as_dataset(split=split, shuffle_files=False,
+                            decoders=tfds.decode.PartialDecoding({k: True for k in keys}))
+    columns = {k: [] for k in keys}
+    for batch in tfds.as_numpy(ds.batch(1024)):
+      for k in keys:
+        columns[k].extend(v.decode("utf-8") if isinstance(v, bytes) else v.item() for v in batch[k])
+    return columns
+
+  return cache.tfds_examples(data_cfg, builder, {"split": split, "columns": keys}, read)
 
 
 def _headline_source(data_cfg, text: str, title: str) -> str:

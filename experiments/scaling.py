@@ -115,7 +115,11 @@ def report(sweep_dir: str, plots_too: bool = True) -> list[str]:
     low, high = fit["alpha_ci"]
     interval = (f"95% bootstrap interval [{low:.3f}, {high:.3f}] over seeds ({fit['resamples']} resamples)"
                 if fit["resamples"] else "no interval (one seed per size)")
-    lines += ["", f"L(N) = {fit['a']:.3g}·N^-{fit['alpha']:.3f} + {fit['c']:.3f}; alpha {interval}", ""]
+    lines += ["", f"L(N) = {fit['a']:.3g}·N^-{fit['alpha']:.3f} + {fit['c']:.3f}; alpha {interval}"]
+    if fit["c"] < 1e-3 or fit["c"] > min(fit["y"]) - 1e-3:  # c on a bound of stats.fit_power_law
+      lines.append(f"(c is at its bound {'0' if fit['c'] < 1e-3 else 'min(L)'}: these points do not identify an "
+                   "irreducible loss, and alpha is the slope of the curve they do fit)")
+    lines.append("")
   path = os.path.join(sweep_dir, "scaling.md")
   with open(path, "w") as f:
     f.write("\n".join(lines) + "\n")

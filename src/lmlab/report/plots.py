@@ -112,6 +112,9 @@ def final_vs_axis(summary, axis: str, others: list[str], metrics: list[str], tit
 
 def _save_log_log(fig, ax, xlabel: str, ylabel: str, title: str, path: str) -> str:
   _log_log(ax)
+  low, high = ax.get_xlim()
+  if high > 10 * low:  # over a decade: label the decades only, or the minor labels overlap
+    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
   ax.set(xlabel=xlabel, ylabel=ylabel)
   ax.set_title(title + " (mean and 95% CI over seeds)", fontsize=9)
   ax.grid(alpha=0.3, which="both")
@@ -153,7 +156,7 @@ def power_laws(series: list[tuple], xlabel: str, ylabel: str, title: str, path: 
     ax.errorbar(x, mean, yerr=yerr, fmt="o", ms=4, capsize=3, color=f"C{k}", label=label)
     grid = np.geomspace(x.min(), x.max(), 200)
     ax.plot(grid, fit["a"] * grid ** -fit["alpha"] + fit["c"], color=f"C{k}", lw=1.2, ls="--",
-            label=f"{fit['a']:.3g}·N^-{fit['alpha']:.3f} + {fit['c']:.3g}")
+            label=f"{fit['a']:.3g}·N^-{fit['alpha']:.3f} + {fit['c'] if fit['c'] > 1e-6 else 0:.3g}")
   return _save_log_log(fig, ax, xlabel, ylabel, title, path)
 
 

@@ -76,8 +76,8 @@ def index_shuffle(index_B, key_B, num_rows: int, rounds: int = 4):
   """Element index_B of a pseudo-random permutation of [0, num_rows) chosen by key_B, without building
   the permutation (memory does not grow with the corpus): a balanced Feistel network on the smallest
   even-bit domain that holds num_rows, walked until it lands inside (each step is a bijection of the
-  domain, so the walk returns to [0, num_rows) and the map stays one to one there); at most 4x the
-  domain, so a few steps on average."""
+  domain, so the walk returns to [0, num_rows) and the map stays one to one there); the domain is under
+  4 x num_rows, so a walk takes a few steps on average."""
   half = max(1, (max(num_rows - 1, 1).bit_length() + 1) // 2)
   low = np.uint64((1 << half) - 1)
   shift = np.uint64(half)

@@ -1,6 +1,6 @@
 """The report's figures (matplotlib's Agg canvas, no display): validation curves with their seed bands,
-final metrics against a swept axis, a power-law fit on log-log axes, and systems side by side. Each function writes one PNG
-and returns its path."""
+final metrics against a swept axis, a power-law fit on log-log axes, and systems side by side. Each
+function writes one PNG and returns its path."""
 
 import math
 import os
@@ -156,7 +156,7 @@ def power_laws(series: list[tuple], xlabel: str, ylabel: str, title: str, path: 
     ax.errorbar(x, mean, yerr=yerr, fmt="o", ms=4, capsize=3, color=f"C{k}", label=label)
     grid = np.geomspace(x.min(), x.max(), 200)
     ax.plot(grid, fit["a"] * grid ** -fit["alpha"] + fit["c"], color=f"C{k}", lw=1.2, ls="--",
-            label=f"{fit['a']:.3g}·N^-{fit['alpha']:.3f} + {fit['c'] if fit['c'] > 1e-6 else 0:.3g}")
+            label=f"{fit['a']:.3g}·N^-{fit['alpha']:.3f} + {0 if fit['c_bound'] == '0' else fit['c']:.3g}")
   return _save_log_log(fig, ax, xlabel, ylabel, title, path)
 
 

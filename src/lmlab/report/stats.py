@@ -104,8 +104,10 @@ def fit_power_law(x, y, guess: tuple | None = None) -> tuple[float, float, float
 def power_law(groups: list[tuple[float, np.ndarray]], resamples: int = 200, seed: int = 0) -> dict:
   """Fits L = a·x^-alpha + c to the configurations' mean values, `groups` = [(x, values over seeds)], and
   bootstraps alpha over seeds: each resample draws every configuration's seeds with replacement and
-  refits (failed fits are skipped). Returns {a, alpha, c, alpha_ci, resamples (successful), attempted,
-  x, y}; alpha_ci is (NaN, NaN) when no configuration has two seeds. Raises FitError."""
+  refits (failed fits are skipped). Returns {a, alpha, c, c_bound, alpha_ci, resamples (successful),
+  attempted, x, y}; c_bound is "0" or "min(L)" when c sits on that bound of fit_power_law (the points do
+  not identify an irreducible loss), else None; alpha_ci is (NaN, NaN) when no configuration has two
+  seeds. Raises FitError."""
   xs = [x for x, _ in groups]
   x, y = lowest_per_x(xs, [np.mean(v) for _, v in groups])
   if len(x) < 4:
@@ -123,5 +125,6 @@ def power_law(groups: list[tuple[float, np.ndarray]], resamples: int = 200, seed
       except FitError:
         continue
   ci = tuple(float(q) for q in np.percentile(alphas, [2.5, 97.5])) if alphas else (np.nan, np.nan)
-  return {"a": a, "alpha": alpha, "c": c, "alpha_ci": ci, "resamples": len(alphas), "attempted": attempted,
-          "x": x, "y": y}
+  c_bound = "0" if c < 1e-3 else "min(L)" if c > y.min() - 1e-3 else None
+  return {"a": a, "alpha": alpha, "c": c, "c_bound": c_bound, "alpha_ci": ci, "resamples": len(alphas),
+          "attempted": attempted, "x": x, "y": y}

@@ -12,7 +12,7 @@ from launching import TINY, launch, write_bigbench_archive
 
 # The in-process tests compile hundreds of tiny programs that each run for milliseconds: LLVM's
 # optimizations cost more time than they save there (about 30% of the tier). The e2e tier's launch.py
-# subprocesses set their own XLA_FLAGS and compile as users do.
+# subprocesses set their own XLA_FLAGS (launching.xla_flags), at the same level.
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
                            " --xla_backend_optimization_level=0").strip()
 

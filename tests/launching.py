@@ -13,10 +13,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = [f"--config={ROOT}/experiments/gpt.py:size=tiny", "--config.train.log_every=1"]
 
 
+def xla_flags(devices: int = 1) -> str:
+  """XLA_FLAGS of the e2e tier's subprocesses: `devices` CPU devices, compiled without LLVM's
+  optimizations (tiny programs: -O0 compiles faster than the steps it slows down; like the in-process tier)."""
+  return f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0"
+
+
 def launch(args, data_dir, devices=1, check=True, cache_dir=None, python_flags=()):
   """launch.py with `args` in a subprocess; cache_dir: JAX's persistent compilation cache, so the
   subprocesses of one test session compile each shared step once."""
-  env = dict(os.environ, TFDS_DATA_DIR=data_dir, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  env = dict(os.environ, TFDS_DATA_DIR=data_dir, XLA_FLAGS=xla_flags(devices))
   if cache_dir:
     env.update(JAX_COMPILATION_CACHE_DIR=cache_dir, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
   proc = subprocess.run([sys.executable, *python_flags, os.path.join(ROOT, "launch.py"), *args], env=env, cwd=ROOT,
@@ -82,7 +88,7 @@ def train_losses(workdir):
 
 def start(args, data_dir, cache_dir=None):
   """launch.py with `args` started in the background (a Popen with piped output), on one device."""
-  env = dict(os.environ, TFDS_DATA_DIR=data_dir, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  env = dict(os.environ, TFDS_DATA_DIR=data_dir, XLA_FLAGS=xla_flags())
   if cache_dir:
     env.update(JAX_COMPILATION_CACHE_DIR=cache_dir, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
   return subprocess.Popen([sys.executable, os.path.join(ROOT, "launch.py"), *args], env=env, cwd=ROOT,

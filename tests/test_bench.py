@@ -4,6 +4,7 @@ from each objective's own transform and the train step is training's."""
 import numpy as np
 import pytest
 
+from launching import ROOT, xla_flags
 from lmlab import bench
 from lmlab.train import hardware
 
@@ -18,11 +19,13 @@ def test_bench_shape_runs_every_family(family, objective):
   assert np.isfinite(result["loss"]) and result["tokens_per_s"] > 0 and result["gflops"] > 0
 
 
-def test_bench_main_prints_the_table(capsys):
-  bench.main(["--shapes", "tiny", "--steps", "2", "--family", "encoder_decoder"])
+def test_bench_main_prints_the_table_of_an_experiment_preset(capsys):
+  """--config benchmarks an experiment file's own preset (here T5's tiny one: relative positions)."""
+  spec = f"{ROOT}/experiments/t5.py:size=tiny"
+  bench.main(["--config", spec, "--steps", "2"])
   out = capsys.readouterr().out
-  assert "measured float32 matmul peak" in out and "objective span_corruption" in out
-  row = next(line for line in out.splitlines() if line.startswith("tiny"))
+  assert "measured float32 matmul peak" in out and "family encoder_decoder, objective span_corruption" in out
+  row = next(line for line in out.splitlines() if line.startswith(spec))
   assert len(row.split()) == 10 and row.split()[6].endswith("%")
 
 
@@ -51,6 +54,9 @@ def test_bench_rejects_an_unknown_shape(capsys):
   with pytest.raises(SystemExit) as exit_:
     bench.main(["--shapes", "c"])
   assert exit_.value.code == 2 and "error: unknown shape(s) c" in capsys.readouterr().err
+  with pytest.raises(SystemExit) as exit_:
+    bench.main(["--config", f"{ROOT}/experiments/nope.py:size=tiny"])
+  assert exit_.value.code == 2 and "error: experiment 'nope.py:size=tiny': no file" in capsys.readouterr().err
 
 
 @pytest.mark.e2e
@@ -60,7 +66,7 @@ def test_bench_command_line():
   import subprocess
   import sys
 
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  env = dict(os.environ, XLA_FLAGS=xla_flags())
   proc = subprocess.run([sys.executable, "-m", "lmlab.bench", "--shapes", "tiny", "--steps", "2"],
                         capture_output=True, text=True, timeout=300, env=env)
   assert proc.returncode == 0, proc.stderr[-3000:]

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from launching import ROOT, TINY, launch, slurm_cluster_up, train_losses
+from launching import ROOT, TINY, launch, slurm_cluster_up, train_losses, xla_flags
 
 pytestmark = pytest.mark.e2e
 
@@ -120,7 +120,7 @@ def test_two_processes_train_like_one_process_with_two_devices(tiny_run, tmp_pat
   packs its own half of the documents, so the rows differ and the losses agree only closely. Under srun
   with two tasks, the same run without flags."""
   workdir = str(tmp_path / "two")
-  env = dict(os.environ, TFDS_DATA_DIR=bbc_data_dir, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  env = dict(os.environ, TFDS_DATA_DIR=bbc_data_dir, XLA_FLAGS=xla_flags())
   port = 20000 + os.getpid() % 20000
   procs = [subprocess.Popen([sys.executable, os.path.join(ROOT, "launch.py"), *TINY, f"--workdir={workdir}",
                              "--num_processes=2", f"--process_id={i}", f"--coordinator_address=127.0.0.1:{port}"],

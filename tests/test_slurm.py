@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from launching import ROOT, gpt_variant, launch, slurm_cluster_up
+from launching import ROOT, gpt_variant, launch, slurm_cluster_up, xla_flags
 
 pytestmark = pytest.mark.e2e
 
@@ -61,7 +61,7 @@ def test_a_requeued_point_ends_with_the_losses_of_an_uninterrupted_run(cluster, 
   launch([f"--config={experiment}:size=tiny", "--config.optim.lr=0.001", f"--workdir={reference}"], bbc_data_dir,
          cache_dir=compilation_cache)
   sweep_dir = str(tmp_path / "sweep")
-  env = dict(os.environ, TFDS_DATA_DIR=bbc_data_dir, XLA_FLAGS="--xla_force_host_platform_device_count=1",
+  env = dict(os.environ, TFDS_DATA_DIR=bbc_data_dir, XLA_FLAGS=xla_flags(),
              JAX_COMPILATION_CACHE_DIR=compilation_cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
   proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "launch.py"), "sweep", f"--config={experiment}:size=tiny",
                            f"--workdir={sweep_dir}", "--executor=slurm", "--report_plots=false"],

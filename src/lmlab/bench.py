@@ -1,5 +1,5 @@
 """Throughput benchmark of the train step, evaluation and decoding: python -m lmlab.bench [--shapes a,b]
-[--family F] [--steps N].
+[--family F] [--steps N], or of experiment presets: --config experiments/t5.py:size=small (repeatable).
 
 Times exactly what training runs: the jitted train step of train/trainer.py on a batch made by the
 objective's own transform (objectives/) from synthetic documents, for any family and objective. Prints,
@@ -13,6 +13,7 @@ is asserted.
 """
 
 import argparse
+import os
 import platform
 import time
 
@@ -24,6 +25,7 @@ from lmlab import objectives
 from lmlab.data import documents, tokenizer
 from lmlab.decode import sampling, seq2seq
 from lmlab.objectives import span
+from lmlab.sweeps import stages
 from lmlab.train import hardware, partitioning, trainer
 
 SHAPES = {
@@ -51,6 +53,15 @@ def bench_config(shape: str, family: str = "decoder", objective: str | None = No
     cfg.tokenizer.num_sentinels = span.max_noise_spans(tokens_length)
   cfg.optim.warmup_steps = 0
   cfg.mesh.data = 1
+  config_lib.validate(cfg, num_devices=1)
+  return cfg
+
+
+def experiment_config(spec: str):
+  """The config of an experiment file and its variants ("experiments/bert.py:size=small") on one device."""
+  path, _, arg = spec.partition(":")
+  cfg = stages.experiment_loader(os.path.dirname(path) or ".")(f"{os.path.basename(path)}:{arg}")
+  cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = 1, 1, 1
   config_lib.validate(cfg, num_devices=1)
   return cfg
 
@@ -131,28 +142,42 @@ def main(argv=None):
   parser.add_argument("--objective", default=None, help="default: the family's first objective")
   parser.add_argument("--cell", default="lstm", choices=config_lib.CHOICES["model.rnn_cell"])
   parser.add_argument("--dtype", default="float32", choices=config_lib.CHOICES["model.dtype"])
+  parser.add_argument("--config", action="append", default=[],
+                      help="an experiment file with its variants (experiments/t5.py:size=small) instead of "
+                           "--shapes; repeat for several")
   args = parser.parse_args(argv)
-  shapes = args.shapes.split(",")
-  unknown = [shape for shape in shapes if shape not in SHAPES]
-  if unknown:
-    parser.exit(2, f"error: unknown shape(s) {', '.join(unknown)}; --shapes takes {', '.join(SHAPES)}.\n")
   try:
-    configs = [(shape, bench_config(shape, args.family, args.objective, args.cell, args.dtype)) for shape in shapes]
+    if args.config:
+      configs = [(spec, experiment_config(spec)) for spec in args.config]
+    else:
+      shapes = args.shapes.split(",")
+      unknown = [shape for shape in shapes if shape not in SHAPES]
+      if unknown:
+        parser.exit(2, f"error: unknown shape(s) {', '.join(unknown)}; --shapes takes {', '.join(SHAPES)}.\n")
+      configs = [(shape, bench_config(shape, args.family, args.objective, args.cell, args.dtype))
+                 for shape in shapes]
   except config_lib.ConfigError as e:
     parser.exit(2, f"error: {e}\n")
   peak, source = hardware.peak_flops(jax.devices()[:1])
   peak = (peak or float("nan")) / 1e9
   print(f"machine: {platform.processor() or platform.machine()}, {jax.device_count()} {jax.default_backend()} "
         f"device(s), jax {jax.__version__}; peak {peak:.1f} GFLOP/s ({source})")
-  print(f"family {args.family}, objective {configs[0][1].objective.name}, {args.dtype}")
-  print(f"{'shape':5} {'params':>11} {'compile s':>9} {'ms/step':>8} {'tokens/s':>9} {'GFLOP/s':>8} {'MFU':>7} "
+  width = max(5, *(len(label) for label, _ in configs))
+  for label, cfg in configs:
+    m = cfg.model
+    cell = f" ({m.rnn_cell})" if m.family == "rnn" else ""
+    print(f"  {label}: family {m.family}{cell}, objective {cfg.objective.name}, {m.dtype}, "
+          f"{m.num_layers} layers x d_model {m.d_model}, seq {cfg.data.seq_len}, batch {cfg.data.batch_size}, "
+          f"vocab {cfg.tokenizer.vocab_size}")
+  print(f"{'shape':{width}} {'params':>11} {'compile s':>9} {'ms/step':>8} {'tokens/s':>9} {'GFLOP/s':>8} {'MFU':>7} "
         f"{'eval tok/s':>10} {'decode tok/s b=1':>16} {'b=16':>8}")
-  for shape, cfg in configs:
+  for label, cfg in configs:
     r = bench_shape(cfg, args.steps)
     decode = [bench_decode(cfg, r["trainer"], r["state"].params, b) for b in (1, 16)]
     decode = [f"{d:,.0f}" if d else "-" for d in decode]
-    print(f"{shape:5} {r['params']:11,} {r['compile_s']:9.2f} {r['ms_per_step']:8.1f} {r['tokens_per_s']:9,.0f} "
-          f"{r['gflops']:8.1f} {r['gflops'] / peak:7.1%} {r['eval_tokens_per_s']:10,.0f} {decode[0]:>16} {decode[1]:>8}")
+    print(f"{label:{width}} {r['params']:11,} {r['compile_s']:9.2f} {r['ms_per_step']:8.1f} {r['tokens_per_s']:9,.0f} "
+          f"{r['gflops']:8.1f} {r['gflops'] / peak:7.1%} {r['eval_tokens_per_s']:10,.0f} {decode[0]:>16} "
+          f"{decode[1]:>8}", flush=True)
 
 
 if __name__ == "__main__":

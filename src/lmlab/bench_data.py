@@ -7,7 +7,8 @@ blank-line separated block, read with text_unit = "paragraph"), then measures, e
   - `launch.py prepare` with each --workers count (the token shards are deleted in between): MB of text
     per second in all and per worker;
   - `launch.py` on the prepared data (config `--config`, a few steps): seconds from the start of the
-    process to its first training step, and the training process's peak resident memory.
+    process to its first training step, with an empty and then a warm JAX compilation cache, and the
+    training process's peak resident memory.
 A benchmark, not a test: nothing is asserted. The corpus and cache stay in --dir (delete it after).
 """
 
@@ -112,9 +113,12 @@ def main(argv=None):
     run = [*data, f"--workdir={os.path.join(args.dir, f'run-{mb:g}mb')}", f"--config.train.num_steps={args.steps}",
            "--config.train.log_every=1", "--config.train.eval_every=0", "--config.train.eval_batches=2",
            "--config.optim.warmup_steps=0", "--config.sample.max_new_tokens=1"]
-    shutil.rmtree(os.path.join(args.dir, f"run-{mb:g}mb"), ignore_errors=True)
-    out, first_step, wall, rss = _run(run, marker="step ")
-    row["first step s"] = round(first_step, 1)
+    # Twice: with an empty JAX compilation cache (<cache_dir>/jax), then with the one the first run filled.
+    shutil.rmtree(os.path.join(cache_dir, "jax"), ignore_errors=True)
+    for cache_state in ("cold", "warm"):
+      shutil.rmtree(os.path.join(args.dir, f"run-{mb:g}mb"), ignore_errors=True)
+      out, first_step, wall, rss = _run(run, marker="step ")
+      row[f"first step s ({cache_state} compile cache)"] = round(first_step, 1)
     row["train peak RSS MB"] = round(rss)
     row["train tok/s"] = re.findall(r"([\d,]+) tok/s", out)[-1]
     rows.append(row)

@@ -276,3 +276,26 @@ def test_from_config():
 def test_overfits_one_batch(cell, overfit):
   model = make(cell=cell, d_model=32)
   assert overfit(model, init(model), tokens(5, (4, 16)), 100) < 0.5
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_decoding_carries_the_state_and_matches_rereading_the_row(cell):
+  """Greedy decoding steps each layer's carried state one token at a time: the same tokens as picking
+  the argmax of a full forward pass over the row so far, for left-padded prompts of different lengths;
+  beam search with one beam is greedy decoding."""
+  from lmlab.decode import sampling
+
+  model = make(cell=cell)
+  params = init(model)
+  prompts, new = [[5, 9, 3, 7, 2], [11, 4]], 6
+  greedy = sampling.sample(model, params, prompts, max_new_tokens=new, rng=jax.random.PRNGKey(0), temperature=0.0)
+  for prompt, out in zip(prompts, greedy):
+    row = list(prompt)
+    for _ in range(new):
+      row.append(int(jnp.argmax(model.apply({"params": params}, jnp.asarray([row], jnp.int32))[0, -1])))
+    assert out == row[len(prompt):]
+  beams, _ = sampling.beam_search(model, params, prompts, max_new_tokens=new, eos_id=V + 1, beam_size=1)
+  assert beams == greedy
+  with pytest.raises(ValueError, match="no decoding state"):
+    model_bi = make(cell=cell, bidirectional=True)
+    model_bi.apply({"params": init(model_bi)}, tokens(), return_carries=True)

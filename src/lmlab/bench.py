@@ -8,8 +8,8 @@ per model shape, the compile time of the first step, the median step time, token
 fraction of the device's peak (model FLOPs utilization, train/hardware.py: on CPU this machine's float32
 matmul peak, measured in the same run with large jnp.dots; on accelerators the published bf16 peak);
 then evaluation tokens/s (the eval step on the same batch) and greedy decoding tokens/s with the KV cache
-at batch 1 and 16 (16-token prompts, generating to the end of the row). A benchmark, not a test: nothing
-is asserted.
+(recurrent LMs: their carried state) at batch 1 and 16 (16-token prompts, generating to the end of the
+row). A benchmark, not a test: nothing is asserted.
 """
 
 import argparse

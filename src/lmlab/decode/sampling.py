@@ -48,8 +48,9 @@ def _next_token(logits_BV, rng, temperature, top_k, top_p):
 def _prompt_forward(model, params, prompt_BP, lengths_B, max_new: int, prefix: bool):
   """The prompts (left-padded into [B, P]) in one forward pass: (logits [B, V] of the first new token,
   decoding state). The Transformer fills its KV cache, with the prompt as a bidirectional prefix when
-  `prefix` (a prefix LM reads its prompt as it was trained to); other models (the recurrent LMs) carry
-  the whole [B, P + max_new] buffer, which they re-read at every step."""
+  `prefix` (a prefix LM reads its prompt as it was trained to); the recurrent LMs keep every layer's
+  final carry (the left padding is a segment of its own, so the state restarts at the first real
+  token)."""
   B, P = prompt_BP.shape
   segment_ids_BP = (jnp.arange(P) >= P - lengths_B[:, None]).astype(jnp.int32)
   if isinstance(model, Transformer):
@@ -58,23 +59,18 @@ def _prompt_forward(model, params, prompt_BP, lengths_B, max_new: int, prefix: b
                                       prefix_BL=segment_ids_BP if prefix else None, decode=True,
                                       mutable=["cache"])
     return logits_BPV[:, -1], mutated["cache"]
-  buf_BL = jnp.pad(prompt_BP, ((0, 0), (0, max_new)))
-  segment_ids_BL = jnp.pad(segment_ids_BP, ((0, 0), (0, max_new)), constant_values=1)
-  return model.apply({"params": params}, prompt_BP, segment_ids_BP)[:, -1], (buf_BL, segment_ids_BL)
+  logits_BPV, carries = model.apply({"params": params}, prompt_BP, segment_ids_BP, return_carries=True)
+  return logits_BPV[:, -1], carries
 
 
-def _step(model, params, state, tokens_B, t, prompt_len: int):
-  """Feeds the token generated at step t (buffer position prompt_len + t): (logits [B, V] of the next
-  one, state)."""
+def _step(model, params, state, tokens_B):
+  """Feeds the token generated last: (logits [B, V] of the next one, state)."""
   if isinstance(model, Transformer):
     logits_B1V, mutated = model.apply({"params": params, "cache": state}, tokens_B[:, None], decode=True,
                                       mutable=["cache"])
     return logits_B1V[:, 0], mutated["cache"]
-  buf_BL, segment_ids_BL = state
-  buf_BL = jax.lax.dynamic_update_slice_in_dim(buf_BL, tokens_B[:, None], prompt_len + t, axis=1)
-  logits_BV = jax.lax.dynamic_index_in_dim(model.apply({"params": params}, buf_BL, segment_ids_BL),
-                                           prompt_len + t, axis=1, keepdims=False)
-  return logits_BV, (buf_BL, segment_ids_BL)
+  logits_B1V, carries = model.apply({"params": params}, tokens_B[:, None], carries=state, return_carries=True)
+  return logits_B1V[:, 0], carries
 
 
 def suppress_eos(logits_BV, eos_id, t, min_new: int):
@@ -89,7 +85,7 @@ def suppress_eos(logits_BV, eos_id, t, min_new: int):
                                              "min_new"))
 def _generate(model, params, prompt_BP, lengths_B, rng, eos_id, *, max_new, temperature, top_k, top_p, prefix,
               min_new=0):
-  B, P = prompt_BP.shape
+  B = prompt_BP.shape[0]
   logits_BV, state = _prompt_forward(model, params, prompt_BP, lengths_B, max_new, prefix)
 
   def cond(carry):
@@ -101,7 +97,7 @@ def _generate(model, params, prompt_BP, lengths_B, rng, eos_id, *, max_new, temp
     logits_BV = suppress_eos(logits_BV, eos_id, t, min_new)
     next_B = _next_token(logits_BV, jax.random.fold_in(rng, t), temperature, top_k, top_p)
     out_BN = jax.lax.dynamic_update_slice_in_dim(out_BN, next_B[:, None], t, axis=1)
-    logits_BV, state = _step(model, params, state, next_B, t, P)
+    logits_BV, state = _step(model, params, state, next_B)
     return t + 1, out_BN, logits_BV, state, done_B | (next_B == eos_id)
 
   carry = (jnp.int32(0), jnp.zeros((B, max_new), jnp.int32), logits_BV, state, jnp.zeros((B,), bool))
@@ -157,14 +153,15 @@ def sample(model: nn.Module, params, prompts: list[list[int]], *, max_new_tokens
 
 @functools.partial(jax.jit, static_argnames=("model", "max_new", "beam_size", "alpha", "prefix"))
 def _beam(model, params, prompt_BP, lengths_B, eos_id, *, max_new, beam_size, alpha, prefix):
-  B, P = prompt_BP.shape
+  B = prompt_BP.shape[0]
   logits_BV, state = _prompt_forward(model, params, prompt_BP, lengths_B, max_new, prefix)
   # One copy of each prompt's state per beam (rows b * E + e), reordered as the beams are.
   rows = beam.gather_cache_rows if isinstance(model, Transformer) else beam.take_rows
   state = rows(state, jnp.repeat(jnp.arange(B), beam_size))
 
   def step(state, previous_N, t):
-    return _step(model, params, state, previous_N, t - 1, P)
+    del t
+    return _step(model, params, state, previous_N)
 
   return beam.beam_search(step, state, B, beam_size=beam_size, max_len=max_new, eos_id=eos_id, alpha=alpha,
                           first_logp_BV=jax.nn.log_softmax(logits_BV), gather_fn=rows)

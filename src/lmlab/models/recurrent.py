@@ -139,12 +139,13 @@ _ReverseScan = nn.scan(RecurrentStep, variable_broadcast="params", split_rngs={"
 class Direction(nn.Module):
   """One direction of a recurrent layer over [B, L, D]: the input share of every gate for all positions
   in one [B L, D] x [D, G D] matmul (outside the scan, where it runs as one large matmul instead of L
-  small ones), then the scan over time. Returns the hidden states [B, L, D] in float32."""
+  small ones), then the scan over time from `carry` (default: the zero state). Returns the hidden states
+  [B, L, D] in float32 and the final carry."""
   cfg: "RecurrentConfig"
   reverse: bool = False
 
   @nn.compact
-  def __call__(self, x_BLD, reset_BL):
+  def __call__(self, x_BLD, reset_BL, carry=None):
     cfg = self.cfg
     num_gates = 4 if cfg.cell == "lstm" else 3
     xg_BLG = nn.Dense(num_gates * cfg.d_model, dtype=cfg.dtype,
@@ -152,31 +153,39 @@ class Direction(nn.Module):
                       bias_init=nn.with_logical_partitioning(_gate_bias(cfg.cell, cfg.forget_bias), ("mlp",)),
                       name="input")(x_BLD)
     scan = (_ReverseScan if self.reverse else _Scan)(cfg, name="step")
-    _, h_BLD = scan(initial_carry(cfg, x_BLD.shape[0]), (xg_BLG, reset_BL))
-    return h_BLD
+    if carry is None:
+      carry = initial_carry(cfg, x_BLD.shape[0])
+    carry, h_BLD = scan(carry, (xg_BLG, reset_BL))
+    return h_BLD, carry
 
 
 class RecurrentLayer(nn.Module):
-  """One recurrent layer over [B, L, D]; bidirectional: forward and backward scans, concat, project."""
+  """One recurrent layer over [B, L, D]; bidirectional: forward and backward scans, concat, project.
+  Returns the outputs and (unidirectional) the final carry; given a `carry` (decoding: the state after
+  the tokens before), the scan continues from it without resetting at position 0."""
   cfg: RecurrentConfig
 
   @nn.compact
-  def __call__(self, x_BLD, segment_ids_BL):
+  def __call__(self, x_BLD, segment_ids_BL, carry=None):
     cfg = self.cfg
-    h_BLD = Direction(cfg, name="fwd")(x_BLD, segment_starts(segment_ids_BL))
+    reset_BL = segment_starts(segment_ids_BL)
+    if carry is not None:
+      reset_BL = reset_BL.at[:, 0].set(False)
+    h_BLD, carry = Direction(cfg, name="fwd")(x_BLD, reset_BL, carry)
     if not cfg.bidirectional:
-      return h_BLD.astype(cfg.dtype)
+      return h_BLD.astype(cfg.dtype), carry
     # Reversed scan: starts at the last position and resets at every segment end, so padding (after
     # the last segment) and later segments never reach earlier positions.
-    g_BLD = Direction(cfg, reverse=True, name="bwd")(x_BLD, segment_ends(segment_ids_BL))
+    g_BLD, _ = Direction(cfg, reverse=True, name="bwd")(x_BLD, segment_ends(segment_ids_BL))
     # Concat + project (not a sum): the directions keep separate features and the next layer (and a
     # tied output projection) still sees d_model wide inputs; costs 2 D^2 params per layer.
     hg_BL2D = jnp.concatenate([h_BLD, g_BLD], axis=-1).astype(cfg.dtype)
-    return nn.Dense(cfg.d_model, dtype=cfg.dtype,
-                    kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(),
-                                                             ("mlp", "embed")),
-                    bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",)),
-                    name="combine")(hg_BL2D)
+    out_BLD = nn.Dense(cfg.d_model, dtype=cfg.dtype,
+                       kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(),
+                                                                ("mlp", "embed")),
+                       bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",)),
+                       name="combine")(hg_BL2D)
+    return out_BLD, None
 
 
 class RecurrentLM(nn.Module):
@@ -185,20 +194,28 @@ class RecurrentLM(nn.Module):
 
   @nn.compact
   def __call__(self, tokens_BL, segment_ids_BL=None, positions_BL=None, *, deterministic=True,
-               features=False):
-    """features=True returns the last layer's hidden states [B, L, D] instead of logits (task heads)."""
+               features=False, carries=None, return_carries=False):
+    """features=True returns the last layer's hidden states [B, L, D] instead of logits (task heads).
+    Decoding (unidirectional): return_carries=True also returns every layer's final carry, and `carries`
+    (those of the tokens before) continues from them, so each new token costs one step."""
     del positions_BL  # order comes from the recurrence; accepted to match the Transformer's signature
     cfg = self.config
     if segment_ids_BL is None:
       segment_ids_BL = jnp.ones_like(tokens_BL)  # one segment per row: reset only at the row edges
+    if (carries is not None or return_carries) and cfg.bidirectional:
+      raise ValueError("A bidirectional recurrent model reads the whole row: it has no decoding state.")
     # std d_model^-1/2: inputs of O(1/sqrt(D)) per unit, and tied logits of O(1) at init.
     embed = nn.Embed(cfg.vocab_size, cfg.d_model, dtype=cfg.dtype,
                      embedding_init=nn.with_logical_partitioning(
                          nn.initializers.normal(cfg.d_model ** -0.5), ("vocab", "embed")),
                      name="embed")
     x_BLD = self._dropout(embed(tokens_BL), deterministic)
+    new_carries = []
     for i in range(cfg.num_layers):
-      x_BLD = self._dropout(RecurrentLayer(cfg, name=f"layer_{i}")(x_BLD, segment_ids_BL), deterministic)
+      x_BLD, carry = RecurrentLayer(cfg, name=f"layer_{i}")(x_BLD, segment_ids_BL,
+                                                           None if carries is None else carries[i])
+      x_BLD = self._dropout(x_BLD, deterministic)
+      new_carries.append(carry)
     if features:
       return x_BLD
 
@@ -208,7 +225,8 @@ class RecurrentLM(nn.Module):
     else:
       w_DV = self.param("unembed", nn.with_logical_partitioning(
           nn.initializers.normal(cfg.d_model ** -0.5), ("embed", "vocab")), (cfg.d_model, cfg.vocab_size))
-    return jnp.einsum("bld,dv->blv", x_BLD, w_DV.astype(cfg.dtype), preferred_element_type=jnp.float32)
+    logits_BLV = jnp.einsum("bld,dv->blv", x_BLD, w_DV.astype(cfg.dtype), preferred_element_type=jnp.float32)
+    return (logits_BLV, tuple(new_carries)) if return_carries else logits_BLV
 
   def _dropout(self, x, deterministic):
     # No op (and no 'dropout' rng needed) unless dropout is on and we are training.

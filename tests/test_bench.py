@@ -17,6 +17,7 @@ def test_bench_shape_runs_every_family(family, objective):
   assert {"targets", "weights"} <= set(batch) and batch["weights"].sum() > 0
   result = bench.bench_shape(cfg, steps=1)
   assert np.isfinite(result["loss"]) and result["tokens_per_s"] > 0 and result["gflops"] > 0
+  assert 0 < result["compile_s"] < result["first_step_s"]  # the first step adds an execution to the compile
 
 
 def test_bench_main_prints_the_table_of_an_experiment_preset(capsys):
@@ -26,7 +27,7 @@ def test_bench_main_prints_the_table_of_an_experiment_preset(capsys):
   out = capsys.readouterr().out
   assert "measured float32 matmul peak" in out and "family encoder_decoder, objective span_corruption" in out
   row = next(line for line in out.splitlines() if line.startswith(spec))
-  assert len(row.split()) == 10 and row.split()[6].endswith("%")
+  assert len(row.split()) == 11 and row.split()[7].endswith("%")
 
 
 def test_peak_flops_by_device_kind():

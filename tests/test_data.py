@@ -168,6 +168,24 @@ def test_text_file_documents(text_corpus, unit, count):
   assert shards[0] + shards[1] + shards[2] == train and all(shards)  # whole files, in order
 
 
+def test_text_files_never_import_tfds(text_corpus):
+  """The training path on text files (launch.py, the train loop, reading and checking the documents) loads
+  neither TFDS nor TensorFlow; the first TFDS call imports TFDS with lmlab's builders registered."""
+  import subprocess
+  import sys
+
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  code = (f"import sys; sys.path.insert(0, {root!r}); import launch; from lmlab.train import loop; "
+          "from lmlab import config; from lmlab.data import sources; "
+          "cfg = config.default_config().data; cfg.update(source='text_files', text_glob=sys.argv[1]); "
+          "sources.check(cfg); assert sources.load_documents(cfg, 'train'); "
+          "print(sorted({'tensorflow', 'tensorflow_datasets'} & set(sys.modules))); "
+          "print(sources.is_text_feature({}, 'text'), 'lmlab.data.bbc_news' in sys.modules)")
+  proc = subprocess.run([sys.executable, "-c", code, text_corpus[0]], capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.split("\n")[:2] == ["[]", "False True"]
+
+
 def test_text_file_errors(text_corpus, tmp_path):
   pattern, _ = text_corpus
   cfg = data_config(source="text_files", text_glob=pattern)

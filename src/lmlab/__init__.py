@@ -17,5 +17,3 @@ lists the letters it uses:
      a sampling buffer)                         W  a row's scratch width
                                                 Z  noise spans of a row
 """
-
-from lmlab import data  # registers the bbc_news TFDS builder

@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from lmlab.data import bbc_news
+from lmlab.data import bbc_news, sources
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FILE_MB = 64  # the corpus is written as files of about this size
@@ -39,7 +39,7 @@ def make_corpus(directory: str, megabytes: float, seed: int = 0) -> str:
       folder = os.path.join(bbc_news.corpus_dir(), topic)
       for name in sorted(os.listdir(folder)):
         with open(os.path.join(folder, name), "rb") as f:
-          paragraphs = [p.strip() for p in bbc_news.decode_text(f.read()).split("\n") if p.strip()]
+          paragraphs = [p.strip() for p in sources.decode_text(f.read()).split("\n") if p.strip()]
         articles.append(paragraphs)
     rng = np.random.default_rng(seed)
     target, written, part = megabytes * 1e6, 0, 0

@@ -1,7 +1,6 @@
 """Data layer: documents (TFDS or text files), the sentencepiece tokenizer, packing and numpy batches.
 
-Importing this package registers the bundled `bbc_news` TFDS builder, so `tfds.load("bbc_news")` works,
-and `disfl_qa` (question answering, built from a manual directory).
+The bundled TFDS builders, `bbc_news` and `disfl_qa` (question answering, built from a manual directory),
+register when their modules are imported: sources.tfds_builder does that, so that TFDS is imported only
+for a TFDS source. Code calling `tfds.builder("bbc_news")` itself imports lmlab.data.bbc_news first.
 """
-
-from lmlab.data import bbc_news, disfl_qa  # noqa: F401  (register the TFDS builders)

@@ -20,6 +20,8 @@ import os
 
 import tensorflow_datasets as tfds
 
+from lmlab.data.sources import decode_text
+
 TOPICS = ("business", "entertainment", "politics", "sports", "tech")
 NUM_ARTICLES = 2225
 _SPLIT_BOUNDS = (("train", 80), ("validation", 90), ("test", 100))
@@ -29,16 +31,6 @@ def split_of(rel_path: str) -> str:
   """The split of an article, from the md5 of its relative path (e.g. "business/001.txt")."""
   bucket = int(hashlib.md5(rel_path.encode("utf-8")).hexdigest(), 16) % 100
   return next(name for name, bound in _SPLIT_BOUNDS if bucket < bound)
-
-
-def decode_text(raw: bytes) -> str:
-  """UTF-8, falling back to latin-1 (never fails; some BBC files, e.g. sports/199.txt, are latin-1), with
-  newlines normalized to '\n'. Used for the user's text files too."""
-  try:
-    text = raw.decode("utf-8")
-  except UnicodeDecodeError:
-    text = raw.decode("latin-1")
-  return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def corpus_dir() -> str:

@@ -2,11 +2,14 @@
 
 import collections
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from launching import ROOT
 from lmlab import config
 from lmlab.data import bbc_news, dedup, packing, pipeline, sources, tokenizer
 from lmlab.data.documents import Documents
@@ -171,11 +174,7 @@ def test_text_file_documents(text_corpus, unit, count):
 def test_text_files_never_import_tfds(text_corpus):
   """The training path on text files (launch.py, the train loop, reading and checking the documents) loads
   neither TFDS nor TensorFlow; the first TFDS call imports TFDS with lmlab's builders registered."""
-  import subprocess
-  import sys
-
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  code = (f"import sys; sys.path.insert(0, {root!r}); import launch; from lmlab.train import loop; "
+  code = (f"import sys; sys.path.insert(0, {ROOT!r}); import launch; from lmlab.train import loop; "
           "from lmlab import config; from lmlab.data import sources; "
           "cfg = config.default_config().data; cfg.update(source='text_files', text_glob=sys.argv[1]); "
           "sources.check(cfg); assert sources.load_documents(cfg, 'train'); "
